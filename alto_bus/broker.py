@@ -1,0 +1,412 @@
+"""The broker process: control plane and gateway in one poll loop.
+
+Sockets (each owned by this loop alone):
+  control ROUTER  <- worker DEALERs: hello/ready/heartbeat/leave/bye; status, shutdown
+  gateway ROUTER  <- client DEALERs: submit/cancel/bye; results back by identity
+  results PULL    <- the last stage's instances (and ERRORs from any stage)
+  PUSH per entry-stage instance: requests into the pipeline
+
+The broker is never in the token path between stages: it admits requests, collects
+results, and publishes routing tables (an epoch per membership change) and loads.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import signal
+import socket
+import time
+from typing import Any
+
+import zmq
+
+from alto_bus import wire
+from alto_bus.gateway import ClientOut, Gateway
+from alto_bus.membership import Instance, Membership
+from alto_bus.routing import LoadView, pow2_choice
+from alto_bus.sockets import advertised, bound_address, make_socket
+from alto_bus.topology import Topology
+
+log = logging.getLogger("alto.broker")
+
+# Held-rid reports can be long; keep the heartbeat frame bounded.
+MAX_HELD_REPORT = 100_000
+
+
+class EntryLink:
+    """The gateway's PUSH to one entry-stage instance, with its coalescing batch."""
+
+    def __init__(self, sock: zmq.Socket, stage: str) -> None:
+        self.sock = sock
+        self.batch = wire.FrameBuilder(stage)
+        self.backlog: list[bytes] = []
+        self.sent_rids: list[int] = []   # requests sent since its last heartbeat
+
+
+class Broker:
+    def __init__(self, topology: Topology, *, ctx: zmq.Context | None = None) -> None:
+        self.topology = topology
+        cfg = topology.broker
+        self.cfg = cfg
+        self.ctx = ctx or zmq.Context.instance()
+        self.stage_names = [s.name for s in topology.stages]
+        self.members = Membership(self.stage_names, cfg.heartbeat_interval, cfg.heartbeat_liveness)
+        self.gateway = Gateway(cfg.request_timeout, cfg.max_inflight)
+        self.loads = LoadView()
+        self.rng = random.Random(0x5EED)
+        self.host = socket.gethostname()
+        self.bad_frames = 0
+        self.stopping = False
+        self.entries: dict[int, EntryLink] = {}
+        self.control = make_socket(self.ctx, zmq.ROUTER, bind=cfg.control,
+                                   options={zmq.ROUTER_MANDATORY: 1})
+        self.clients = make_socket(self.ctx, zmq.ROUTER, bind=cfg.gateway, hwm=200_000,
+                                   options={zmq.ROUTER_MANDATORY: 1})
+        self.results = make_socket(self.ctx, zmq.PULL, bind=cfg.results, hwm=10_000)
+        self.addresses = {
+            "control": advertised(bound_address(self.control), cfg.advertise),
+            "gateway": advertised(bound_address(self.clients), cfg.advertise),
+            "results": advertised(bound_address(self.results), cfg.advertise),
+        }
+        self._client_out: dict[bytes, list[list]] = {}
+        self._next_tick = 0.0
+
+    # -- the loop ----------------------------------------------------------------------
+
+    def serve(self) -> None:
+        poller = zmq.Poller()
+        for sock in (self.control, self.clients, self.results):
+            poller.register(sock, zmq.POLLIN)
+        log.info("broker up: control %s gateway %s results %s",
+                 self.addresses["control"], self.addresses["gateway"], self.addresses["results"])
+        try:
+            while not self.stopping:
+                now = time.monotonic()
+                timeout = max(0.0, self._next_wake(now) - now)
+                events = dict(poller.poll(timeout * 1000))
+                if self.results in events:
+                    self._drain(self.results, self._on_results)
+                if self.clients in events:
+                    self._drain_router(self.clients, self._on_client)
+                if self.control in events:
+                    self._drain_router(self.control, self._on_control)
+                now = time.monotonic()
+                if now >= self._next_tick:
+                    self._tick(now)
+                out: list[ClientOut] = []
+                self.gateway.expire(now, out)
+                self._queue_client(out)
+                self._flush_entries()
+                self._flush_clients()
+        finally:
+            self._shutdown_workers()
+
+    def _next_wake(self, now: float) -> float:
+        wake = self._next_tick
+        deadline = self.gateway.next_deadline()
+        if deadline is not None:
+            wake = min(wake, deadline)
+        if any(link.backlog for link in self.entries.values()) or self._client_out:
+            wake = min(wake, now + 0.001)
+        return wake
+
+    def _drain(self, sock: zmq.Socket, handle: Any, limit: int = 1000) -> None:
+        for _ in range(limit):
+            try:
+                frame = sock.recv(zmq.NOBLOCK, copy=True)
+            except zmq.Again:
+                return
+            handle(frame)
+
+    def _drain_router(self, sock: zmq.Socket, handle: Any, limit: int = 1000) -> None:
+        for _ in range(limit):
+            try:
+                parts = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if len(parts) != 2:
+                self._bad(f"{len(parts)}-part message on a ROUTER socket (expected identity + frame)")
+                continue
+            handle(parts[0], parts[1])
+
+    def _bad(self, what: str) -> None:
+        self.bad_frames += 1
+        if self.bad_frames <= 20 or self.bad_frames % 1000 == 0:
+            log.warning("dropped a malformed frame (%d so far): %s", self.bad_frames, what)
+
+    # -- control plane -----------------------------------------------------------------
+
+    def _send_control(self, identity: bytes, op: str, body: dict | None = None) -> None:
+        try:
+            self.control.send_multipart([identity, wire.encode_control(op, body)], zmq.NOBLOCK)
+        except zmq.ZMQError as exc:  # peer gone (ROUTER_MANDATORY) or its queue full
+            log.debug("control %s to %r not sent: %s", op, identity, exc)
+
+    def _on_control(self, identity: bytes, frame: bytes) -> None:
+        try:
+            op, body = wire.decode_control(frame)
+        except wire.WireError as exc:
+            self._bad(f"control: {exc}")
+            return
+        now = time.monotonic()
+        handler = getattr(self, f"_op_{op}", None)
+        if handler is None:
+            self._bad(f"control: unknown op {op!r}")
+            self._send_control(identity, "error", {"reason": f"unknown op {op!r}"})
+            return
+        try:
+            handler(identity, body, now)
+        except (KeyError, TypeError, ValueError) as exc:
+            self._bad(f"control op {op!r} with a bad body: {exc!r}")
+            self._send_control(identity, "error", {"reason": f"bad {op!r} message: {exc!r}"})
+
+    def _op_hello(self, identity: bytes, body: dict, now: float) -> None:
+        stage = body["stage"]
+        if stage not in self.stage_names:
+            reason = f"no stage named {stage!r} in {self.topology.source} (stages: {', '.join(self.stage_names)})"
+            log.warning("refused a worker: %s", reason)
+            self._send_control(identity, "reject", {"reason": reason})
+            return
+        cfg = self.topology.stage(stage)
+        self._send_control(identity, "welcome", {
+            "config": cfg.to_dict(),
+            "heartbeat_interval": self.cfg.heartbeat_interval,
+            "liveness": self.cfg.heartbeat_liveness,
+            "results": self.addresses["results"],
+        })
+
+    def _op_ready(self, identity: bytes, body: dict, now: float) -> None:
+        stage = body["stage"]
+        if stage not in self.stage_names:
+            self._send_control(identity, "reject", {"reason": f"no stage named {stage!r}"})
+            return
+        inst = self.members.add(stage, identity, str(body["address"]), int(body.get("pid", 0)),
+                                str(body.get("host", "?")), now)
+        log.info("stage %s: instance %d registered (pid %d on %s, inbox %s); epoch %d",
+                 stage, inst.iid, inst.pid, inst.host, inst.address, self.members.epoch)
+        self._send_control(identity, "registered", {"iid": inst.iid})
+        self._membership_changed()
+
+    def _op_heartbeat(self, identity: bytes, body: dict, now: float) -> None:
+        held = body.get("held", [])
+        inst = self.members.heartbeat(identity, now, int(body.get("depth", 0)), held, body.get("stats", {}))
+        if inst is None:
+            self._send_control(identity, "reregister", {})
+            return
+        link = self.entries.get(inst.iid)
+        if link is not None:
+            link.sent_rids = []
+
+    def _op_leave(self, identity: bytes, body: dict, now: float) -> None:
+        iid = self.members.by_identity.get(identity)
+        if iid is not None and self.members.drain(iid):
+            log.info("instance %d is draining; epoch %d", iid, self.members.epoch)
+            self._membership_changed()
+        self._send_control(identity, "left", {})
+
+    def _op_bye(self, identity: bytes, body: dict, now: float) -> None:
+        iid = self.members.by_identity.get(identity)
+        if iid is None:
+            return
+        inst = self.members.remove(iid)
+        log.info("instance %d (stage %s) left", iid, inst.stage if inst else "?")
+        self._fail_held(inst, "left before finishing")
+        self._membership_changed()
+
+    def _op_status(self, identity: bytes, body: dict, now: float) -> None:
+        self._send_control(identity, "status", self.status())
+
+    def _op_shutdown(self, identity: bytes, body: dict, now: float) -> None:
+        log.info("shutdown requested")
+        self._send_control(identity, "ok", {})
+        self.stopping = True
+
+    def status(self) -> dict[str, Any]:
+        stages = {}
+        for name in self.stage_names:
+            cfg = self.topology.stage(name)
+            insts = [i for i in self.members.instances.values() if i.stage == name]
+            stages[name] = {
+                "replicas": cfg.replicas,
+                "instances": [{"iid": i.iid, "pid": i.pid, "host": i.host, "address": i.address,
+                               "depth": i.depth, "draining": i.draining, "stats": i.stats}
+                              for i in sorted(insts, key=lambda i: i.iid)],
+            }
+        g = self.gateway.stats
+        return {
+            "epoch": self.members.epoch,
+            "addresses": self.addresses,
+            "stages": stages,
+            "gateway": {"in_flight": len(self.gateway.requests), "clients": len(self.gateway.by_client),
+                        "admitted": g.admitted, "completed": g.completed, "failed": g.failed,
+                        "rejected": g.rejected, "late_messages": g.late_messages,
+                        "bad_frames": self.bad_frames + g.bad_messages},
+        }
+
+    def _membership_changed(self) -> None:
+        table = dict(self.members.table)
+        table["results"] = self.addresses["results"]
+        for inst in self.members.instances.values():
+            self._send_control(inst.identity, "table", table)
+        self._sync_entries()
+
+    def _sync_entries(self) -> None:
+        entry = self.topology.entry.name
+        want = dict(self.members.table["stages"].get(entry, []))
+        for iid in list(self.entries):
+            if iid not in want:
+                link = self.entries.pop(iid)
+                link.sock.close(linger=0)
+        for iid, address in want.items():
+            if iid not in self.entries:
+                sock = make_socket(self.ctx, zmq.PUSH, connect=address, immediate=True)
+                self.entries[iid] = EntryLink(sock, entry)
+
+    def _tick(self, now: float) -> None:
+        self._next_tick = now + self.cfg.heartbeat_interval
+        for inst in self.members.dead(now):
+            silent = now - inst.last_seen
+            log.error("stage %s: instance %d (pid %d on %s) is dead: no heartbeat for %.1f s",
+                      inst.stage, inst.iid, inst.pid, inst.host, silent)
+            self._fail_held(inst, f"died (no heartbeat for {silent:.1f} s)")
+            self._membership_changed()
+        loads = self.members.loads()
+        self.loads.update(loads)
+        body = {"epoch": self.members.epoch, "loads": loads}
+        for inst in self.members.instances.values():
+            self._send_control(inst.identity, "loads", body)
+
+    def _fail_held(self, inst: Instance | None, why: str) -> None:
+        if inst is None:
+            return
+        rids = set(inst.held)
+        link = self.entries.get(inst.iid)
+        if link is not None:
+            rids.update(link.sent_rids)
+        out: list[ClientOut] = []
+        message = f"instance {inst.iid} of stage {inst.stage!r} (pid {inst.pid} on {inst.host}) {why}"
+        failed = sum(self.gateway.fail(rid, inst.stage, message, out) for rid in rids)
+        if failed:
+            log.error("failed %d request(s) held by instance %d", failed, inst.iid)
+        self._queue_client(out)
+
+    def _shutdown_workers(self) -> None:
+        for inst in self.members.instances.values():
+            self._send_control(inst.identity, "shutdown", {})
+
+    # -- gateway -----------------------------------------------------------------------
+
+    def _on_client(self, identity: bytes, frame: bytes) -> None:
+        try:
+            msgs = wire.decode_client_frame(frame)
+        except wire.WireError as exc:
+            self._bad(f"client: {exc}")
+            return
+        now = time.monotonic()
+        out: list[ClientOut] = []
+        for msg in msgs:
+            if type(msg) is not list or not msg or type(msg[0]) is not int:
+                self._bad(f"client: message {msg!r:.80} is not [op, ...]")
+                continue
+            op = msg[0]
+            if op == wire.SUBMIT and len(msg) >= 5:
+                self._submit(identity, msg, now, out)
+            elif op == wire.CANCEL and len(msg) >= 2:
+                self.gateway.cancel(identity, msg[1], out)
+            elif op == wire.BYE:
+                self.gateway.drop_client(identity)
+            else:
+                self._bad(f"client: unknown op or short message {msg!r:.80}")
+        self._queue_client(out)
+
+    def _submit(self, identity: bytes, msg: list, now: float, out: list[ClientOut]) -> None:
+        _, cid, payload, stream, timeout = msg[:5]
+        entry_ids = self.members.routable(self.topology.entry.name)
+        writable = [i for i in entry_ids if not self.entries[i].backlog]
+        if not writable:
+            why = (f"overloaded: stage {self.topology.entry.name!r} is not taking input"
+                   if entry_ids else f"unavailable: stage {self.topology.entry.name!r} has no live instance")
+            out.append((identity, [wire.FAILED, cid, "gateway", why]))
+            self.gateway.stats.rejected += 1
+            return
+        rid = self.gateway.admit(identity, cid, stream, timeout, now)
+        if isinstance(rid, str):
+            out.append((identity, [wire.FAILED, cid, "gateway", rid]))
+            return
+        iid = pow2_choice(writable, self.loads, self.rng)
+        self.loads.note_sent(iid)
+        link = self.entries[iid]
+        link.sent_rids.append(rid)
+        if link.batch.add(wire.data([rid], 0, payload, True, self.members.epoch)) >= self.topology.entry.batch_bytes:
+            self._send_entry(link)
+
+    def _send_entry(self, link: EntryLink) -> None:
+        if len(link.batch):
+            link.backlog.append(link.batch.take())
+        while link.backlog:
+            try:
+                link.sock.send(link.backlog[0], zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            link.backlog.pop(0)
+
+    def _flush_entries(self) -> None:
+        for link in self.entries.values():
+            if len(link.batch) or link.backlog:
+                self._send_entry(link)
+
+    def _on_results(self, frame: bytes) -> None:
+        try:
+            _, msgs = wire.decode_frame(frame)
+        except wire.WireError as exc:
+            self._bad(f"results: {exc}")
+            return
+        out: list[ClientOut] = []
+        for msg in msgs:
+            try:
+                self.gateway.on_message(msg, out)
+            except wire.WireError as exc:
+                self._bad(f"results: {exc}")
+        self._queue_client(out)
+
+    def _queue_client(self, out: list[ClientOut]) -> None:
+        for identity, msg in out:
+            self._client_out.setdefault(identity, []).append(msg)
+
+    def _flush_clients(self) -> None:
+        pending = self._client_out
+        self._client_out = {}
+        for identity, msgs in pending.items():
+            try:
+                self.clients.send_multipart([identity, wire.encode_client_frame(msgs)], zmq.NOBLOCK)
+            except zmq.Again:
+                self._client_out[identity] = msgs  # retried on the next turn of the loop
+            except zmq.ZMQError:
+                dropped = self.gateway.drop_client(identity)
+                log.info("client %r is gone; dropped its %d request(s)", identity, len(dropped))
+
+    def close(self) -> None:
+        for link in self.entries.values():
+            link.sock.close(linger=0)
+        for sock in (self.control, self.clients, self.results):
+            sock.close(linger=0)
+
+
+def run_broker(topology: Topology, announce: Any = None) -> None:
+    """Run a broker until SIGTERM/SIGINT or a shutdown request; ``announce(addresses)`` once bound."""
+    broker = Broker(topology)
+
+    def stop(signum: int, frame: Any) -> None:
+        broker.stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    if announce is not None:
+        announce(broker.addresses)
+    try:
+        broker.serve()
+    finally:
+        broker.close()
+        log.info("broker stopped (pid %d)", os.getpid())

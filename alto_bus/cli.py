@@ -1,0 +1,189 @@
+"""The ``alto`` command: launch, broker, worker, submit, status, check."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+from typing import Any
+
+
+def _logging(level: str | None = None) -> None:
+    level = level or os.environ.get("ALTO_LOG_LEVEL", "INFO")
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), stream=sys.stderr,
+                        format=f"%(asctime)s %(name)s[{os.getpid()}] %(levelname)s %(message)s")
+
+
+def cmd_launch(args: argparse.Namespace) -> int:
+    from alto_bus.launch import launch
+
+    _logging("WARNING" if not args.verbose else "INFO")
+    return launch(args.topology, log_level="INFO" if args.verbose else "WARNING")
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from alto_bus.topology import TopologyError, load
+
+    try:
+        topo = load(args.topology)
+    except TopologyError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for s in topo.stages:
+        print(f"stage {s.name}: kind {s.kind}, {s.replicas} replica(s), input {s.input or '(clients)'}, "
+              f"next {s.next or '(gateway)'}, path depth {s.out_depth}")
+    print("ok")
+    return 0
+
+
+def cmd_broker(args: argparse.Namespace) -> int:
+    from alto_bus.broker import run_broker
+    from alto_bus.topology import TopologyError, load
+
+    _logging()
+    try:
+        topo = load(args.topology)
+    except TopologyError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+    def announce(addresses: dict[str, str]) -> None:
+        if args.announce:
+            print(json.dumps(addresses), flush=True)
+        else:
+            print(f"gateway {addresses['gateway']}\ncontrol {addresses['control']}", flush=True)
+
+    run_broker(topo, announce)
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from alto_bus.runtime import Worker, WorkerError
+
+    _logging()
+    worker = Worker(args.stage, broker=args.broker, inbox=args.inbox, advertise=args.advertise,
+                    broker_timeout=args.broker_timeout)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, worker.request_stop, False)
+        await worker.run()
+
+    try:
+        asyncio.run(main())
+    except WorkerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from alto_bus.client import Client, RequestError
+
+    try:
+        payload = json.loads(args.payload)
+    except json.JSONDecodeError as exc:
+        print(f"error: the payload is not JSON: {exc}", file=sys.stderr)
+        return 2
+    with Client(args.gateway, timeout=args.timeout) as client:
+        try:
+            if args.stream:
+                stream = client.stream(payload)
+                for part in stream:
+                    print(json.dumps({"path": list(part.path), "seq": part.seq, "data": part.data,
+                                      "final": part.final}), flush=True)
+                result = stream.result()
+            else:
+                result = client.submit(payload).result()
+        except RequestError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+    print(json.dumps(result, indent=None if args.compact else 2, default=repr))
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from alto_bus.launch import StatusProbe
+
+    with StatusProbe(args.broker) as probe:
+        status = probe.query(timeout=args.timeout)
+    if status is None:
+        print(f"error: no answer from the broker at {args.broker} within {args.timeout:g} s", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(status, indent=2, default=repr))
+        return 0
+    print(_format_status(status))
+    return 0
+
+
+def _format_status(status: dict[str, Any]) -> str:
+    g = status["gateway"]
+    lines = [f"epoch {status['epoch']}  gateway {status['addresses']['gateway']}",
+             f"requests: {g['in_flight']} in flight, {g['completed']} completed, {g['failed']} failed, "
+             f"{g['rejected']} rejected; bad frames {g['bad_frames']}"]
+    for name, st in status["stages"].items():
+        insts = st["instances"]
+        lines.append(f"stage {name}: {len(insts)}/{st['replicas']} instances")
+        for i in insts:
+            flag = " (draining)" if i["draining"] else ""
+            lines.append(f"  #{i['iid']} pid {i['pid']} on {i['host']} {i['address']} depth {i['depth']}"
+                         f" in {i['stats'].get('messages_in', 0)} msgs{flag}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="alto", description="Serve compound AI pipelines over a ZeroMQ bus.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("launch", help="start a topology on this machine")
+    p.add_argument("topology")
+    p.add_argument("-v", "--verbose", action="store_true", help="log at INFO from every process")
+    p.set_defaults(func=cmd_launch)
+
+    p = sub.add_parser("check", help="validate a topology file")
+    p.add_argument("topology")
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("broker", help="run the broker and gateway of a topology")
+    p.add_argument("topology")
+    p.add_argument("--announce", action="store_true", help="print the bound addresses as one JSON line")
+    p.set_defaults(func=cmd_broker)
+
+    p = sub.add_parser("worker", help="run one instance of a stage")
+    p.add_argument("--broker", required=True, help="the broker's control address")
+    p.add_argument("--stage", required=True)
+    p.add_argument("--inbox", help="bind address of this instance's inbox (default: the topology's)")
+    p.add_argument("--advertise", help="host name or address peers reach this instance at")
+    p.add_argument("--broker-timeout", type=float, default=15.0,
+                   help="stop when the broker is silent this long (seconds)")
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("submit", help="send one request and print its result")
+    p.add_argument("--gateway", required=True)
+    p.add_argument("--stream", action="store_true", help="print partial results as they arrive")
+    p.add_argument("--timeout", type=float, default=60.0)
+    p.add_argument("--compact", action="store_true")
+    p.add_argument("payload", help="the request, as JSON")
+    p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser("status", help="show instances, epochs and request counts")
+    p.add_argument("--broker", required=True, help="the broker's control address")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--timeout", type=float, default=3.0)
+    p.set_defaults(func=cmd_status)
+
+    args = parser.parse_args(argv)
+    # Handlers are named "module:function" relative to the directory alto runs in.
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

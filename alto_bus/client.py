@@ -1,0 +1,278 @@
+"""Submit requests to a gateway: futures, streams of partial results, and asyncio.
+
+One I/O thread owns the DEALER socket; ``submit`` packs the payload in the caller's
+thread (so a payload msgpack cannot carry fails there, at once) and hands it over.
+Thousands of requests can be in flight; each ends in one result or one
+:class:`RequestError`. :class:`AsyncClient` wraps the same machinery for asyncio.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import itertools
+import logging
+import os
+import queue
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+import zmq
+
+from alto_bus import wire
+from alto_bus.sockets import make_socket
+
+log = logging.getLogger("alto.client")
+
+# Extra time the client waits beyond a request's deadline before it gives up on the
+# gateway itself (the gateway answers expired requests on its own).
+GRACE = 5.0
+
+
+class RequestError(RuntimeError):
+    """A request ended in an error; ``stage`` says where."""
+
+    def __init__(self, stage: str, message: str) -> None:
+        super().__init__(f"stage {stage!r}: {message}")
+        self.stage = stage
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Partial:
+    """One chunk of one item that reached the end of the pipeline."""
+
+    path: tuple[int, ...]   # ancestry below the request (empty: the request's own item)
+    seq: int
+    data: Any
+    final: bool
+
+
+class Stream:
+    """Iterate the partial results of one request; ``result()`` is its final value."""
+
+    def __init__(self, future: concurrent.futures.Future) -> None:
+        self.future = future
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+
+    def _put(self, item: Partial | None) -> None:
+        self._queue.put(item)
+
+    def __iter__(self) -> Iterator[Partial]:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                break
+            yield item
+        self.future.result()  # raises RequestError if the request failed
+
+    def result(self, timeout: float | None = None) -> Any:
+        return self.future.result(timeout)
+
+
+class _Pending:
+    __slots__ = ("future", "stream", "give_up")
+
+    def __init__(self, future: concurrent.futures.Future, stream: Any, give_up: float) -> None:
+        self.future = future
+        self.stream = stream
+        self.give_up = give_up
+
+
+class Client:
+    def __init__(self, gateway: str, *, timeout: float = 300.0) -> None:
+        """``timeout``: default deadline of each request, in seconds (enforced by the gateway)."""
+        self.gateway = gateway
+        self.timeout = timeout
+        self._ids = itertools.count(1)
+        self._pending: dict[int, _Pending] = {}
+        self._lock = threading.Lock()
+        self._outbox: queue.SimpleQueue[bytes] = queue.SimpleQueue()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._closed = False
+        self._packer = msgpack.Packer(use_bin_type=True, autoreset=True)
+        self._thread = threading.Thread(target=self._io, name="alto-client", daemon=True)
+        self._thread.start()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def submit(self, payload: Any, *, timeout: float | None = None) -> concurrent.futures.Future:
+        """Send one request; the future holds its result or raises RequestError."""
+        return self._submit(payload, timeout, None)
+
+    def stream(self, payload: Any, *, timeout: float | None = None) -> Stream:
+        """Send one request and iterate its partial results as they reach the end."""
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+        stream = Stream(fut)
+        self._submit(payload, timeout, stream, fut)
+        return stream
+
+    def _submit(self, payload: Any, timeout: float | None, stream: Any,
+                fut: concurrent.futures.Future | None = None) -> concurrent.futures.Future:
+        if self._closed:
+            raise RuntimeError("the client is closed")
+        timeout = self.timeout if timeout is None else timeout
+        cid = next(self._ids)
+        try:
+            msg = self._packer.pack([wire.SUBMIT, cid, payload, stream is not None, float(timeout)])
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise TypeError(f"payload cannot be sent (msgpack types only): {exc}") from None
+        fut = fut or concurrent.futures.Future()
+        with self._lock:
+            self._pending[cid] = _Pending(fut, stream, time.monotonic() + timeout + GRACE)
+        self._outbox.put(msg)
+        self._wake()
+        return fut
+
+    def in_flight(self) -> int:
+        return len(self._pending)
+
+    def close(self) -> None:
+        """Fail what is still pending, tell the gateway, stop the I/O thread."""
+        if self._closed:
+            return
+        self._closed = True
+        self._outbox.put(self._packer.pack([wire.BYE]))
+        self._wake()
+        self._thread.join(5)
+        self._wake_r.close()
+        self._wake_w.close()
+        with self._lock:
+            pending, self._pending = self._pending, {}
+        for p in pending.values():
+            self._finish(p, error=RequestError("client", "the client was closed before the result arrived"))
+
+    def _wake(self) -> None:
+        try:
+            self._wake_w.send(b"x")
+        except OSError:
+            pass
+
+    # -- the I/O thread ----------------------------------------------------------------
+
+    def _io(self) -> None:
+        ctx = zmq.Context.instance()
+        sock = make_socket(ctx, zmq.DEALER, connect=self.gateway, hwm=200_000,
+                           identity=f"c-{os.getpid()}-{os.urandom(6).hex()}".encode())
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        poller.register(self._wake_r.fileno(), zmq.POLLIN)
+        header = self._packer.pack(wire.VERSION)
+        try:
+            while True:
+                parts = []
+                while len(parts) < 4096:
+                    try:
+                        parts.append(self._outbox.get_nowait())
+                    except queue.Empty:
+                        break
+                if parts:
+                    frame = b"".join((self._packer.pack_array_header(len(parts) + 1), header, *parts))
+                    sock.send(frame)
+                    if self._closed:
+                        return
+                events = dict(poller.poll(1000))
+                if self._wake_r.fileno() in events:
+                    try:
+                        while self._wake_r.recv(4096):
+                            pass
+                    except (BlockingIOError, OSError):
+                        pass
+                if sock in events:
+                    self._receive(sock)
+                self._expire()
+        finally:
+            sock.close(linger=200)
+
+    def _receive(self, sock: zmq.Socket) -> None:
+        for _ in range(10_000):
+            try:
+                frame = sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                msgs = wire.decode_client_frame(frame)
+            except wire.WireError as exc:
+                log.warning("dropped a malformed frame from the gateway: %s", exc)
+                continue
+            for msg in msgs:
+                try:
+                    self._on_message(msg)
+                except (IndexError, TypeError, ValueError) as exc:
+                    log.warning("dropped a malformed message from the gateway: %r (%s)", msg, exc)
+
+    def _on_message(self, msg: list) -> None:
+        op, cid = msg[0], msg[1]
+        if op == wire.PARTIAL:
+            p = self._pending.get(cid)
+            if p is not None and p.stream is not None:
+                p.stream._put(Partial(tuple(msg[2]), msg[3], msg[4], bool(msg[5])))
+            return
+        with self._lock:
+            p = self._pending.pop(cid, None)
+        if p is None:
+            return
+        if op == wire.RESULT:
+            self._finish(p, value=msg[2])
+        elif op == wire.FAILED:
+            self._finish(p, error=RequestError(str(msg[2]), str(msg[3])))
+
+    def _finish(self, p: _Pending, value: Any = None, error: BaseException | None = None) -> None:
+        if not p.future.done():
+            if error is not None:
+                p.future.set_exception(error)
+            else:
+                p.future.set_result(value)
+        if p.stream is not None:
+            p.stream._put(None)
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            late = [cid for cid, p in self._pending.items() if p.give_up <= now]
+            gone = [self._pending.pop(cid) for cid in late]
+        for p in gone:
+            self._finish(p, error=RequestError("client", f"no answer from the gateway at {self.gateway}"))
+
+
+class AsyncClient:
+    """The asyncio face of :class:`Client` (same I/O thread, awaitable results)."""
+
+    def __init__(self, gateway: str, *, timeout: float = 300.0) -> None:
+        self._client = Client(gateway, timeout=timeout)
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def submit(self, payload: Any, *, timeout: float | None = None) -> Any:
+        return await asyncio.wrap_future(self._client.submit(payload, timeout=timeout))
+
+    async def stream(self, payload: Any, *, timeout: float | None = None) -> AsyncIterator[Partial]:
+        loop = asyncio.get_running_loop()
+        items: asyncio.Queue[Partial | None] = asyncio.Queue()
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+
+        class _Bridge:
+            def _put(self, item: Partial | None) -> None:
+                loop.call_soon_threadsafe(items.put_nowait, item)
+
+        self._client._submit(payload, timeout, _Bridge(), fut)
+        while (item := await items.get()) is not None:
+            yield item
+        await asyncio.wrap_future(fut)
+
+    async def close(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, self._client.close)

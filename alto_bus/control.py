@@ -1,0 +1,139 @@
+"""A worker's control link to the broker: its own thread and its own DEALER socket.
+
+Heartbeats must keep flowing while a handler computes, so the control plane never
+shares a thread with the data plane. The link delivers every broker message to the
+worker's event loop (``deliver`` is called from this thread and must be thread-safe),
+and sends what the worker queues; a socketpair wakes its poll, so nothing polls with
+sleeps.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+
+from alto_bus import wire
+from alto_bus.sockets import make_socket
+
+log = logging.getLogger("alto.control")
+
+
+class ControlLink(threading.Thread):
+    def __init__(
+        self,
+        ctx: zmq.Context,
+        broker: str,
+        deliver: Callable[[str, dict], None],
+        snapshot: Callable[[], dict[str, Any]],
+        *,
+        identity: bytes | None = None,
+        broker_timeout: float | None = None,
+    ) -> None:
+        super().__init__(name="alto-control", daemon=True)
+        self.ctx = ctx
+        self.broker = broker
+        self.deliver = deliver
+        self.snapshot = snapshot
+        self.identity = identity or f"w-{socket.gethostname()}-{os.getpid()}-{os.urandom(4).hex()}".encode()
+        self.broker_timeout = broker_timeout
+        self.heartbeat_interval: float | None = None   # set once registered
+        self.ready_body: dict | None = None            # re-sent if the broker forgets us
+        self._outbox: queue.SimpleQueue[tuple[str, dict]] = queue.SimpleQueue()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._halt = threading.Event()
+        self.last_heard = time.monotonic()
+
+    def send(self, op: str, body: dict | None = None) -> None:
+        """Queue a message to the broker (any thread)."""
+        self._outbox.put((op, body or {}))
+        self._wake()
+
+    def stop(self) -> None:
+        self._halt.set()
+        self._wake()
+
+    def _wake(self) -> None:
+        try:
+            self._wake_w.send(b"x")
+        except OSError:
+            pass  # closed, or the pipe is full and a wake-up is pending anyway
+
+    def run(self) -> None:
+        sock = make_socket(self.ctx, zmq.DEALER, connect=self.broker, identity=self.identity, hwm=10_000)
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        poller.register(self._wake_r.fileno(), zmq.POLLIN)
+        next_beat = time.monotonic()
+        try:
+            while not self._halt.is_set():
+                self._send_queued(sock)
+                now = time.monotonic()
+                if self.heartbeat_interval is not None and self.ready_body is not None and now >= next_beat:
+                    self._heartbeat(sock)
+                    next_beat = now + self.heartbeat_interval
+                timeout = 0.25 if self.heartbeat_interval is None else max(0.0, next_beat - now)
+                events = dict(poller.poll(timeout * 1000))
+                if self._wake_r.fileno() in events:
+                    try:
+                        while self._wake_r.recv(4096):
+                            pass
+                    except (BlockingIOError, OSError):
+                        pass
+                if sock in events:
+                    self._receive(sock)
+                if self.broker_timeout is not None and time.monotonic() - self.last_heard > self.broker_timeout:
+                    self.deliver("broker_lost", {"silent": time.monotonic() - self.last_heard})
+                    self.last_heard = time.monotonic()
+            self._send_queued(sock)  # a last "bye"
+        finally:
+            sock.close(linger=200)
+            self._wake_r.close()
+            self._wake_w.close()
+
+    def _send_queued(self, sock: zmq.Socket) -> None:
+        while True:
+            try:
+                op, body = self._outbox.get_nowait()
+            except queue.Empty:
+                return
+            if op == "ready":
+                self.ready_body = body
+            try:
+                sock.send(wire.encode_control(op, body), zmq.NOBLOCK)
+            except zmq.Again:
+                log.warning("control message %s to the broker dropped: its queue is full", op)
+
+    def _heartbeat(self, sock: zmq.Socket) -> None:
+        try:
+            sock.send(wire.encode_control("heartbeat", self.snapshot()), zmq.NOBLOCK)
+        except zmq.Again:
+            pass  # the broker is not reading; it will notice the silence itself
+
+    def _receive(self, sock: zmq.Socket) -> None:
+        while True:
+            try:
+                frame = sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self.last_heard = time.monotonic()
+            try:
+                op, body = wire.decode_control(frame)
+            except wire.WireError as exc:
+                log.warning("dropped a malformed control frame from the broker: %s", exc)
+                continue
+            if op == "welcome":
+                self.heartbeat_interval = float(body.get("heartbeat_interval", 0.5))
+            if op == "reregister" and self.ready_body is not None:
+                log.warning("the broker does not know this worker (restarted?); registering again")
+                sock.send(wire.encode_control("ready", self.ready_body), zmq.NOBLOCK)
+                continue
+            self.deliver(op, body)

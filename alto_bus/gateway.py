@@ -1,0 +1,198 @@
+"""The gateway's request book: admission, request ids, deadlines, result assembly.
+
+No sockets: the broker process feeds it client requests and the messages that reach
+the end of the pipeline, and sends what it returns. A request is complete by the same
+ancestry counting an aggregate stage uses: its result is the request's own item when
+that item reached the end whole, else the list of its leaves ordered by ancestry path
+(dropped leaves leave no entry). It ends in exactly one RESULT or one FAILED.
+"""
+
+from __future__ import annotations
+
+import heapq
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from alto_bus import wire
+from alto_bus.ancestry import AncestryError, GroupTracker
+
+ClientOut = tuple[bytes, list]  # (client identity, client-plane message)
+
+
+@dataclass
+class Request:
+    rid: int
+    client: bytes
+    cid: int
+    stream: bool
+    deadline: float
+    admitted: float
+    tracker: GroupTracker
+    leaves: dict[tuple, Any] = field(default_factory=dict)
+    partial: dict[tuple, list] = field(default_factory=dict)  # leaves still streaming
+
+
+@dataclass
+class GatewayStats:
+    admitted: int = 0
+    completed: int = 0
+    failed: int = 0
+    rejected: int = 0
+    late_messages: int = 0      # for requests already ended (failed, expired, cancelled)
+    bad_messages: int = 0
+
+
+class Gateway:
+    def __init__(self, request_timeout: float, max_inflight: int) -> None:
+        self.request_timeout = request_timeout
+        self.max_inflight = max_inflight
+        self.requests: dict[int, Request] = {}
+        self.by_client: dict[bytes, dict[int, int]] = {}  # identity -> cid -> rid
+        self._deadlines: list[tuple[float, int]] = []
+        self._next_rid = int(time.time() * 1000) << 16  # unlikely to meet a previous run's ids
+        self.stats = GatewayStats()
+
+    # -- admission ---------------------------------------------------------------------
+
+    def admit(self, client: bytes, cid: int, stream: bool, timeout: float | None, now: float) -> int | str:
+        """A new request's id, or the reason it is refused."""
+        if len(self.requests) >= self.max_inflight:
+            self.stats.rejected += 1
+            return f"overloaded: {len(self.requests)} requests in flight (max_inflight {self.max_inflight})"
+        if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
+            self.stats.rejected += 1
+            return f"bad request: timeout must be a positive number of seconds, got {timeout!r}"
+        cids = self.by_client.setdefault(client, {})
+        if cid in cids:
+            self.stats.rejected += 1
+            return f"bad request: request id {cid} is already in flight for this client"
+        rid = self._next_rid
+        self._next_rid += 1
+        deadline = now + (timeout or self.request_timeout)
+        self.requests[rid] = Request(rid, client, cid, bool(stream), deadline, now, GroupTracker((rid,)))
+        cids[cid] = rid
+        heapq.heappush(self._deadlines, (deadline, rid))
+        self.stats.admitted += 1
+        return rid
+
+    def unadmit(self, rid: int) -> None:
+        """Forget a request that could not be sent to the pipeline after all."""
+        req = self.requests.pop(rid, None)
+        if req is not None:
+            self.by_client.get(req.client, {}).pop(req.cid, None)
+            self.stats.admitted -= 1
+            self.stats.rejected += 1
+
+    # -- results -----------------------------------------------------------------------
+
+    def on_message(self, msg: list, out: list[ClientOut]) -> None:
+        """One data-plane message that reached the end of the pipeline."""
+        kind = wire.check_message(msg)
+        path = msg[1]
+        req = self.requests.get(path[0])
+        if req is None:
+            self.stats.late_messages += 1
+            return
+        try:
+            if kind == wire.DATA:
+                self._on_data(req, tuple(path), msg, out)
+            elif kind == wire.END:
+                n = msg[2]
+                if type(n) is not int:
+                    raise wire.WireError(f"END of {path} carries count {n!r}")
+                if req.tracker.end(tuple(path), n):
+                    self._complete(req, out)
+            elif kind == wire.DROP:
+                if req.tracker.drop(tuple(path)):
+                    self._complete(req, out)
+            else:  # ERROR
+                self._fail(req, str(msg[2]), str(msg[3]), out)
+        except AncestryError as exc:
+            self._fail(req, "gateway", f"inconsistent ancestry: {exc}", out)
+
+    def _on_data(self, req: Request, path: tuple, msg: list, out: list[ClientOut]) -> None:
+        _, _, seq, payload, final, _ = msg[:6]
+        if req.stream:
+            out.append((req.client, [wire.PARTIAL, req.cid, list(path[1:]), seq, payload, bool(final)]))
+        if not final:
+            req.partial.setdefault(path, []).append(payload)
+            return
+        chunks = req.partial.pop(path, None)
+        if chunks is not None:
+            chunks.append(payload)
+            payload = wire.join_chunks(chunks)
+        if path in req.leaves:
+            raise AncestryError(f"item {list(path)} arrived twice")
+        req.leaves[path] = payload
+        if req.tracker.leaf(path):
+            self._complete(req, out)
+
+    def _complete(self, req: Request, out: list[ClientOut]) -> None:
+        root = (req.rid,)
+        if root in req.leaves:
+            value = req.leaves[root]
+        else:
+            value = [req.leaves[p] for p in sorted(req.leaves)]
+        self._forget(req)
+        self.stats.completed += 1
+        out.append((req.client, [wire.RESULT, req.cid, value]))
+
+    def _fail(self, req: Request, stage: str, message: str, out: list[ClientOut]) -> None:
+        self._forget(req)
+        self.stats.failed += 1
+        out.append((req.client, [wire.FAILED, req.cid, stage, message]))
+
+    def _forget(self, req: Request) -> None:
+        del self.requests[req.rid]
+        cids = self.by_client.get(req.client)
+        if cids is not None:
+            cids.pop(req.cid, None)
+
+    # -- failures from outside the data plane ------------------------------------------
+
+    def fail(self, rid: int, stage: str, message: str, out: list[ClientOut]) -> bool:
+        req = self.requests.get(rid)
+        if req is None:
+            return False
+        self._fail(req, stage, message, out)
+        return True
+
+    def cancel(self, client: bytes, cid: int, out: list[ClientOut]) -> int | None:
+        rid = self.by_client.get(client, {}).get(cid)
+        if rid is not None:
+            self.fail(rid, "client", "cancelled by the client", out)
+        return rid
+
+    def drop_client(self, client: bytes) -> list[int]:
+        """The client went away: forget its requests (their late results are discarded)."""
+        cids = self.by_client.pop(client, {})
+        for rid in cids.values():
+            if self.requests.pop(rid, None) is not None:
+                self.stats.failed += 1
+        return list(cids.values())
+
+    def expire(self, now: float, out: list[ClientOut]) -> list[int]:
+        """Fail every request whose deadline passed; returns their ids."""
+        expired = []
+        heap = self._deadlines
+        while heap and heap[0][0] <= now:
+            _, rid = heapq.heappop(heap)
+            req = self.requests.get(rid)
+            if req is None:
+                continue
+            waiting = "; ".join(
+                f"{p[1:] or 'the request'}: {'no END yet' if n < 0 else f'{got} of {n} children'}"
+                for p, n, got in req.tracker.waiting_on()
+            )
+            self._fail(req, "gateway",
+                       f"deadline exceeded: no complete result after {now - req.admitted:.1f} s "
+                       f"(timeout {req.deadline - req.admitted:.1f} s; still waiting on {waiting})", out)
+            expired.append(rid)
+        return expired
+
+    def next_deadline(self) -> float | None:
+        heap = self._deadlines
+        while heap and heap[0][1] not in self.requests:
+            heapq.heappop(heap)
+        return heap[0][0] if heap else None

@@ -1,0 +1,110 @@
+"""The broker's membership table: instances, heartbeats, epochs, routing tables. Pure.
+
+One table of instances; everything else (the per-stage lists a routing table holds,
+the loads it publishes) is derived from it when it changes, so no index can go stale.
+Every change of the set of routable instances cuts a new epoch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Instance:
+    iid: int
+    stage: str
+    identity: bytes
+    address: str
+    pid: int
+    host: str
+    last_seen: float
+    depth: int = 0                       # queue depth in the last heartbeat
+    held: list[int] = field(default_factory=list)  # request ids it holds, last heartbeat
+    draining: bool = False               # left the routing table, finishing its work
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+class Membership:
+    def __init__(self, stage_names: list[str], heartbeat_interval: float, liveness: int) -> None:
+        self.stage_names = stage_names
+        self.heartbeat_interval = heartbeat_interval
+        self.liveness = liveness
+        self.instances: dict[int, Instance] = {}
+        self.by_identity: dict[bytes, int] = {}
+        self.epoch = 0
+        self._next_iid = 1
+        self.table: dict[str, Any] = self._make_table()
+
+    # -- changes -----------------------------------------------------------------------
+
+    def add(self, stage: str, identity: bytes, address: str, pid: int, host: str, now: float) -> Instance:
+        old = self.by_identity.get(identity)
+        if old is not None:  # the same worker registering again (e.g. after a broker restart)
+            self.remove(old)
+        inst = Instance(self._next_iid, stage, identity, address, pid, host, now)
+        self._next_iid += 1
+        self.instances[inst.iid] = inst
+        self.by_identity[identity] = inst.iid
+        self._new_epoch()
+        return inst
+
+    def remove(self, iid: int) -> Instance | None:
+        inst = self.instances.pop(iid, None)
+        if inst is None:
+            return None
+        self.by_identity.pop(inst.identity, None)
+        if not inst.draining:
+            self._new_epoch()
+        return inst
+
+    def drain(self, iid: int) -> bool:
+        """Take an instance out of routing (new epoch); it stays a member until it says bye."""
+        inst = self.instances.get(iid)
+        if inst is None or inst.draining:
+            return False
+        inst.draining = True
+        self._new_epoch()
+        return True
+
+    def heartbeat(self, identity: bytes, now: float, depth: int, held: list[int], stats: dict) -> Instance | None:
+        iid = self.by_identity.get(identity)
+        if iid is None:
+            return None
+        inst = self.instances[iid]
+        inst.last_seen = now
+        inst.depth = depth
+        inst.held = held
+        inst.stats = stats
+        return inst
+
+    def dead(self, now: float) -> list[Instance]:
+        """Instances silent for more than ``liveness`` heartbeat intervals (removed)."""
+        limit = self.heartbeat_interval * self.liveness
+        gone = [i for i in self.instances.values() if now - i.last_seen > limit]
+        for inst in gone:
+            self.remove(inst.iid)
+        return gone
+
+    # -- derived -----------------------------------------------------------------------
+
+    def _new_epoch(self) -> None:
+        self.epoch += 1
+        self.table = self._make_table()
+
+    def _make_table(self) -> dict[str, Any]:
+        stages: dict[str, list[list]] = {name: [] for name in self.stage_names}
+        for inst in sorted(self.instances.values(), key=lambda i: i.iid):
+            if not inst.draining:
+                stages.setdefault(inst.stage, []).append([inst.iid, inst.address])
+        return {"epoch": self.epoch, "stages": stages}
+
+    def routable(self, stage: str) -> list[int]:
+        return [iid for iid, _ in self.table["stages"].get(stage, [])]
+
+    def loads(self) -> dict[int, int]:
+        return {iid: inst.depth for iid, inst in self.instances.items()}
+
+    def count(self, stage: str) -> int:
+        return len(self.table["stages"].get(stage, []))

@@ -1,0 +1,530 @@
+"""A stage instance: inbox, handler loop, outboxes, backpressure; a thread or a coroutine.
+
+One asyncio loop owns the data plane: it binds one PULL inbox, decodes each frame
+(a batch of messages), hands the messages to the stage's logic, and coalesces what
+the logic emits into one frame per (destination, stage), sent when the input runs dry,
+when a batch reaches ``batch_bytes``, or ``flush_ms`` after the first message of a
+batch produced by asynchronous work. A send that would block parks the frame and stops
+the inbox loop until the peer takes it: a slow stage slows its senders, and the chain
+of full queues reaches the gateway, which refuses new requests as overloaded.
+
+The control plane runs in its own thread (:mod:`alto_bus.control`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import os
+import random
+import socket
+import threading
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import zmq
+import zmq.asyncio
+
+from alto_bus import wire
+from alto_bus.control import ControlLink
+from alto_bus.routing import LoadView, pow2_choice
+from alto_bus.sockets import advertised, bound_address, make_socket
+from alto_bus.stage import FunctionStage, StageLogic, describe
+from alto_bus.topology import StageConfig, import_object
+
+log = logging.getLogger("alto.worker")
+
+GATEWAY = 0  # destination id of the gateway's results inbox
+
+# Kind name -> "module:builder"; alto_bus loads worker kinds by name only.
+KIND_BUILDERS = {
+    "function": "workers.function:build_stage",
+}
+
+
+class WorkerError(RuntimeError):
+    """The worker could not join or keep its place in the topology."""
+
+
+class Outbox:
+    """One PUSH to one destination, its coalescing batches and its parked frames."""
+
+    __slots__ = ("dest", "address", "asock", "sock", "batches", "backlog", "sender")
+
+    def __init__(self, dest: int, address: str, asock: zmq.asyncio.Socket) -> None:
+        self.dest = dest
+        self.address = address
+        self.asock = asock
+        self.sock = zmq.Socket.shadow(asock.underlying)  # sync sends on the hot path
+        self.batches: dict[str, wire.FrameBuilder] = {}
+        self.backlog: collections.deque[bytes] = collections.deque()
+        self.sender: asyncio.Task | None = None
+
+
+class Worker:
+    """One instance of a stage. Embed it in a process, or let ``alto worker`` run it.
+
+    ``handler`` is a callable (see :class:`~alto_bus.stage.FunctionStage`) or a
+    :class:`~alto_bus.stage.StageLogic`; when omitted, the stage's kind and fields from
+    the topology the broker serves decide it.
+    """
+
+    def __init__(
+        self,
+        stage: str,
+        handler: Callable[..., Any] | StageLogic | None = None,
+        broker: str = "tcp://127.0.0.1:5555",
+        *,
+        inbox: str | None = None,
+        advertise: str | None = None,
+        connect_timeout: float = 30.0,
+        drain_timeout: float = 30.0,
+        broker_timeout: float | None = None,
+        seed: int | None = None,
+    ) -> None:
+        self.stage = stage
+        self.broker = broker
+        self._handler = handler
+        self._inbox_addr = inbox
+        self._advertise = advertise
+        self.connect_timeout = connect_timeout
+        self.drain_timeout = drain_timeout
+        self.broker_timeout = broker_timeout
+        self.rng = random.Random(seed if seed is not None else os.getpid() ^ id(self))
+        self.iid: int | None = None
+        self.address: str | None = None
+        self.config: StageConfig | None = None
+        self.logic: StageLogic | None = None
+        self.loads = LoadView()
+        self.stats = collections.Counter()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._started = threading.Event()
+        self._start_error: BaseException | None = None
+        self._control: ControlLink | None = None
+        self._events: dict[str, asyncio.Future] = {}
+        self._stop_now = False
+        self._draining = False
+        self._wakeup: asyncio.Event | None = None
+        self._unblocked: asyncio.Event | None = None
+        self._outs: dict[int, Outbox] = {}
+        self._blocked: set[int] = set()
+        self._next_ids: list[int] = []
+        self._table: dict[str, Any] = {"epoch": 0, "stages": {}}
+        self._results_addr: str | None = None
+        self._parked: list[tuple[list, list]] = []
+        self._sticky: dict[tuple, int] = {}
+        self._inflight: collections.Counter[int] = collections.Counter()
+        self._inflight_total = 0
+        self._flush_handle: asyncio.TimerHandle | None = None
+        self._in_burst = False
+        self._recv: asyncio.Future | None = None
+
+    # -- embedding API -----------------------------------------------------------------
+
+    def start(self, timeout: float | None = None) -> Worker:
+        """Run in a background thread; returns once registered (raises WorkerError if not)."""
+        self._thread = threading.Thread(target=self._thread_main, name=f"alto-worker-{self.stage}", daemon=True)
+        self._thread.start()
+        if not self._started.wait(timeout or self.connect_timeout + 5):
+            raise WorkerError(f"worker for stage {self.stage!r} did not register within the timeout")
+        if self._start_error is not None:
+            self._thread.join(5)
+            raise self._start_error
+        return self
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Leave the topology gracefully (drain), then return. For ``start()`` workers."""
+        self.request_stop()
+        if self._thread is not None:
+            self._thread.join(timeout or self.drain_timeout + 5)
+            if self._thread.is_alive():
+                raise WorkerError(f"worker for stage {self.stage!r} did not stop in time")
+
+    def request_stop(self, drain: bool = True) -> None:
+        """Ask the worker to stop (thread-safe): drain first, or stop now."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        try:
+            loop.call_soon_threadsafe(self._begin_stop, drain)
+        except RuntimeError:
+            pass  # the loop already stopped
+
+    def _thread_main(self) -> None:
+        try:
+            asyncio.run(self.run())
+        except BaseException as exc:  # reported to start(), or logged
+            if not self._started.is_set():
+                self._start_error = exc
+                self._started.set()
+            else:
+                log.error("worker for stage %s stopped with an error: %s", self.stage, describe(exc))
+
+    async def run(self) -> None:
+        """Join the topology and serve until stopped (``request_stop`` or the broker)."""
+        self._loop = asyncio.get_running_loop()
+        self._wakeup = asyncio.Event()
+        self._unblocked = asyncio.Event()
+        self._unblocked.set()
+        ctx = zmq.asyncio.Context.instance()
+        self._control = ControlLink(zmq.Context.instance(), self.broker, self._deliver, self._snapshot,
+                                    broker_timeout=self.broker_timeout)
+        self._control.start()
+        inbox = None
+        try:
+            self._control.send("hello", {"stage": self.stage, "pid": os.getpid(), "host": socket.gethostname()})
+            welcome = await self._expect("welcome", f"the broker at {self.broker} did not answer")
+            self.config = StageConfig.from_dict(welcome["config"])
+            self._results_addr = welcome["results"]
+            self.logic = self._build_logic(self.config)
+            self.logic.bind(self)
+            await self.logic.start()
+            inbox = make_socket(ctx, zmq.PULL, bind=self._inbox_addr or self.config.inbox, hwm=1000)
+            self.address = advertised(bound_address(inbox), self._advertise or self.config.advertise)
+            self._control.send("ready", {"stage": self.stage, "address": self.address,
+                                         "pid": os.getpid(), "host": socket.gethostname()})
+            registered = await self._expect("registered", "the broker did not confirm the registration")
+            self.iid = int(registered["iid"])
+            log.info("stage %s: instance %d serving on %s", self.stage, self.iid, self.address)
+            self._started.set()
+            await self._serve(inbox)
+        finally:
+            await self._close(inbox)
+
+    # -- control events (delivered from the control thread) ----------------------------
+
+    def _deliver(self, op: str, body: dict) -> None:
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            try:
+                loop.call_soon_threadsafe(self._on_control, op, body)
+            except RuntimeError:
+                pass
+
+    async def _expect(self, op: str, why: str) -> dict:
+        fut = self._loop.create_future()
+        self._events[op] = fut
+        reject = self._loop.create_future()
+        self._events["reject"] = reject
+        done, _ = await asyncio.wait({fut, reject}, timeout=self.connect_timeout,
+                                     return_when=asyncio.FIRST_COMPLETED)
+        if reject in done:
+            raise WorkerError(f"the broker refused stage {self.stage!r}: {reject.result().get('reason')}")
+        if fut not in done:
+            raise WorkerError(f"{why} within {self.connect_timeout:g} s")
+        return fut.result()
+
+    def _on_control(self, op: str, body: dict) -> None:
+        fut = self._events.pop(op, None)
+        if fut is not None and not fut.done():
+            fut.set_result(body)
+        if op == "table":
+            self._apply_table(body)
+        elif op == "loads":
+            self.loads.update({int(k): int(v) for k, v in body.get("loads", {}).items()})
+        elif op == "shutdown":
+            self._begin_stop(drain=False)
+        elif op == "broker_lost":
+            log.error("stage %s: the broker has been silent for %.0f s; stopping", self.stage, body["silent"])
+            self._begin_stop(drain=False)
+        elif op == "registered" and self.iid is not None:
+            self.iid = int(body["iid"])  # re-registered after a broker restart
+        elif op == "error":
+            log.warning("the broker says: %s", body.get("reason"))
+
+    def _begin_stop(self, drain: bool = True) -> None:
+        if drain and not self._draining and self.iid is not None and not self._stop_now:
+            self._draining = True
+            self._control.send("leave", {})
+        else:
+            self._stop_now = True
+            self._unblocked.set()
+        self._wakeup.set()
+        if self._recv is not None:
+            self._recv.cancel()  # wake the inbox loop to look at the flags
+
+    def _snapshot(self) -> dict[str, Any]:
+        """Heartbeat body (called from the control thread: copies only)."""
+        logic = self.logic
+        held = set(self._inflight)
+        depth = self._inflight_total
+        if logic is not None:
+            held.update(logic.held())
+            depth += logic.depth()
+        return {"depth": depth, "held": list(held)[:100_000], "stats": dict(self.stats)}
+
+    # -- routing tables ----------------------------------------------------------------
+
+    def _apply_table(self, table: dict) -> None:
+        self._table = table
+        self._results_addr = table.get("results", self._results_addr)
+        nxt = self.config.next if self.config else None
+        entries = table["stages"].get(nxt, []) if nxt else []
+        live = {int(iid): addr for iid, addr in entries}
+        self._next_ids = list(live)
+        for dest in [d for d in self._outs if d != GATEWAY and d not in live]:
+            self._drop_outbox(dest, "left the routing table")
+        self._sticky = {p: d for p, d in self._sticky.items() if d in live or d == GATEWAY}
+        if self._parked and (self._next_ids or nxt is None):
+            parked, self._parked = self._parked, []
+            for msg, path in parked:
+                self._route(msg, path)
+            self._flush_all()
+
+    def _address_of(self, dest: int) -> str:
+        if dest == GATEWAY:
+            return self._results_addr
+        for iid, addr in self._table["stages"].get(self.config.next, []):
+            if int(iid) == dest:
+                return addr
+        raise KeyError(dest)
+
+    def _outbox(self, dest: int) -> Outbox:
+        out = self._outs.get(dest)
+        if out is None:
+            address = self._address_of(dest)
+            asock = make_socket(zmq.asyncio.Context.instance(), zmq.PUSH, connect=address, immediate=True)
+            out = self._outs[dest] = Outbox(dest, address, asock)
+        return out
+
+    def _drop_outbox(self, dest: int, why: str) -> None:
+        out = self._outs.pop(dest)
+        if out.sender is not None:
+            out.sender.cancel()
+        frames = list(out.backlog) + [b.take() for b in out.batches.values() if len(b)]
+        rids: set[int] = set()
+        for frame in frames:
+            try:
+                _, msgs = wire.decode_frame(frame)
+                rids.update(m[1][0] for m in msgs)
+            except (wire.WireError, IndexError, TypeError):
+                continue
+        for rid in rids:  # their items are lost with the peer: say so, never hang
+            self.error([rid], f"instance {dest} of stage {self.config.next!r} {why} "
+                              f"with {len(frames)} unsent frame(s)", 0)
+        out.asock.close(linger=0)
+        self._blocked.discard(dest)
+        if not self._blocked:
+            self._unblocked.set()
+
+    # -- Emitter: what stage logic calls -----------------------------------------------
+
+    def data(self, path: list, seq: int, payload: Any, final: bool, epoch: int) -> None:
+        self._route([wire.DATA, path, seq, payload, final, epoch], path, stream=not (final and seq == 0))
+
+    def end(self, path: list, n: int, epoch: int) -> None:
+        self._route([wire.END, path, n, epoch], path)
+
+    def drop(self, path: list, epoch: int) -> None:
+        self._route([wire.DROP, path, epoch], path)
+
+    def error(self, path: list, message: str, epoch: int) -> None:
+        self.stats["errors"] += 1
+        self._send(self._outbox(GATEWAY), [wire.ERROR, path, self.stage, message, epoch], self.stage)
+
+    def spawn(self, rid: int, work: Awaitable[None]) -> None:
+        self._inflight[rid] += 1
+        self._inflight_total += 1
+        task = self._loop.create_task(work)
+        task.add_done_callback(lambda t, rid=rid: self._work_done(t, rid))
+
+    def _work_done(self, task: asyncio.Task, rid: int) -> None:
+        self._inflight_total -= 1
+        left = self._inflight[rid] - 1
+        if left:
+            self._inflight[rid] = left
+        else:
+            del self._inflight[rid]
+        if not task.cancelled() and task.exception() is not None:
+            self.error([rid], f"stage raised {describe(task.exception())}", 0)
+        self._wakeup.set()
+
+    def _route(self, msg: list, path: list, stream: bool = False) -> None:
+        nxt = self.config.next
+        if nxt is None:
+            dest = GATEWAY
+        else:
+            ids = self._next_ids
+            if not ids:
+                self._parked.append((msg, path))
+                return
+            if stream:  # every chunk of one streamed item goes to the same instance
+                key = tuple(path)
+                dest = self._sticky.get(key)
+                if dest is None:
+                    dest = self._sticky[key] = pow2_choice(ids, self.loads, self.rng)
+                if msg[4]:
+                    del self._sticky[key]
+            else:
+                dest = pow2_choice(ids, self.loads, self.rng)
+            self.loads.note_sent(dest)
+        self._send(self._outbox(dest), msg, nxt or self.stage)
+
+    def _send(self, out: Outbox, msg: list, stage: str) -> None:
+        batch = out.batches.get(stage)
+        if batch is None:
+            batch = out.batches[stage] = wire.FrameBuilder(stage)
+        if batch.add(msg) >= self.config.batch_bytes:
+            self._flush_out(out)
+        elif not self._in_burst and self._flush_handle is None:
+            self._flush_handle = self._loop.call_later(self.config.flush_ms / 1000, self._timed_flush)
+
+    def _timed_flush(self) -> None:
+        self._flush_handle = None
+        self._flush_all()
+
+    def _flush_all(self) -> None:
+        for out in list(self._outs.values()):
+            self._flush_out(out)
+
+    def _flush_out(self, out: Outbox) -> None:
+        for batch in out.batches.values():
+            if len(batch):
+                out.backlog.append(batch.take())
+        if out.sender is not None:
+            return  # the sender task owns the order of what is parked
+        backlog = out.backlog
+        while backlog:
+            try:
+                out.sock.send(backlog[0], zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                self._blocked.add(out.dest)
+                self._unblocked.clear()
+                out.sender = self._loop.create_task(self._send_parked(out))
+                return
+            backlog.popleft()
+            self.stats["frames_out"] += 1
+
+    async def _send_parked(self, out: Outbox) -> None:
+        try:
+            while out.backlog:
+                await out.asock.send(out.backlog[0], copy=False)
+                out.backlog.popleft()
+                self.stats["frames_out"] += 1
+        finally:
+            out.sender = None
+            self._blocked.discard(out.dest)
+            if not self._blocked:
+                self._unblocked.set()
+
+    # -- the inbox loop ----------------------------------------------------------------
+
+    async def _serve(self, inbox: zmq.asyncio.Socket) -> None:
+        sync_inbox = zmq.Socket.shadow(inbox.underlying)
+        quiet = 2 * (self._control.heartbeat_interval or 0.5)
+        while not self._stop_now:
+            if self._blocked:  # backpressure: stop reading until the peers take our frames
+                await self._unblocked.wait()
+                continue
+            if self._inflight_total >= self.config.concurrency:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            if self._recv is None:
+                self._recv = asyncio.ensure_future(inbox.recv(copy=True))
+            recv = self._recv
+            if self._draining:
+                done, _ = await asyncio.wait((recv,), timeout=quiet)
+                if not done:
+                    if self._idle():
+                        break  # drained: quiet for two heartbeats and nothing in hand
+                    continue
+            else:
+                await asyncio.wait((recv,))
+            self._recv = None
+            if recv.cancelled():
+                continue  # woken to look at the flags again
+            frame = recv.result()
+            self._in_burst = True
+            try:
+                self._on_frame(frame)
+                for _ in range(256):
+                    try:
+                        frame = sync_inbox.recv(zmq.NOBLOCK, copy=True)
+                    except zmq.Again:
+                        break
+                    self._on_frame(frame)
+            finally:
+                self._in_burst = False
+            self._flush_all()
+        if self._recv is not None:
+            self._recv.cancel()
+            self._recv = None
+
+    def _idle(self) -> bool:
+        return (not self._inflight_total and not self._blocked
+                and not any(o.backlog for o in self._outs.values()))
+
+    def _on_frame(self, frame: bytes) -> None:
+        self.stats["frames_in"] += 1
+        try:
+            stage, msgs = wire.decode_frame(frame)
+        except wire.WireError as exc:
+            self._bad(str(exc))
+            return
+        if stage != self.stage:
+            self._bad(f"frame for stage {stage!r} reached an instance of {self.stage!r}")
+            return
+        logic = self.logic
+        for msg in msgs:
+            try:
+                kind = wire.check_message(msg)
+            except wire.WireError as exc:
+                self._bad(str(exc))
+                continue
+            try:
+                if kind == wire.DATA:
+                    logic.on_data(msg[1], msg[2], msg[3], msg[4], msg[5])
+                elif kind == wire.END:
+                    logic.on_end(msg[1], msg[2], msg[3])
+                elif kind == wire.DROP:
+                    logic.on_drop(msg[1], msg[2])
+                else:  # an ERROR belongs to the gateway; pass it on
+                    self._send(self._outbox(GATEWAY), msg, self.stage)
+            except Exception as exc:  # a bug in stage logic must not take the worker down
+                log.exception("stage %s failed on a %s message", self.stage, wire.KIND_NAMES[kind])
+                self.error([msg[1][0]], f"stage failed: {describe(exc)}", 0)
+        self.stats["messages_in"] += len(msgs)
+
+    def _bad(self, what: str) -> None:
+        n = self.stats["bad_frames"] = self.stats["bad_frames"] + 1
+        if n <= 20 or n % 1000 == 0:
+            log.warning("stage %s: dropped a malformed message (%d so far): %s", self.stage, n, what)
+
+    def _build_logic(self, config: StageConfig) -> StageLogic:
+        handler = self._handler
+        if isinstance(handler, StageLogic):
+            return handler
+        if handler is not None:
+            return FunctionStage(handler)
+        builder = import_object(KIND_BUILDERS[config.kind])
+        return builder(config)
+
+    async def _close(self, inbox: zmq.asyncio.Socket | None) -> None:
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+        try:
+            if self.logic is not None:
+                await self.logic.close()
+        except Exception as exc:
+            log.warning("stage %s: close failed: %s", self.stage, describe(exc))
+        try:
+            self._flush_all()
+            pending = [o.sender for o in self._outs.values() if o.sender is not None]
+            if pending:
+                await asyncio.wait(pending, timeout=1.0)
+        finally:
+            for out in self._outs.values():
+                if out.sender is not None:
+                    out.sender.cancel()
+                out.asock.close(linger=500)
+            self._outs.clear()
+            if inbox is not None:
+                inbox.close(linger=0)
+            if self._control is not None:
+                if self.iid is not None:
+                    self._control.send("bye", {})
+                self._control.stop()
+                await asyncio.get_running_loop().run_in_executor(None, self._control.join, 5)

@@ -1,0 +1,289 @@
+"""The topology file: TOML schema and validation, before anything starts.
+
+A topology is a chain of stages. The entry stage (no ``input``) takes client requests;
+each other stage takes the items of the stage named by its ``input``; the last stage's
+items are the request's result. Every error names the file, the table and the field.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from alto_bus.sockets import check_address
+
+
+class TopologyError(ValueError):
+    """The topology cannot be run; the message names the file, the stage and the field."""
+
+
+_MISSING = object()
+
+# name: (types, default). A default of _MISSING means the field is required.
+BROKER_FIELDS: dict[str, tuple[tuple[type, ...], Any]] = {
+    "control": ((str,), "tcp://127.0.0.1:0"),
+    "gateway": ((str,), "tcp://127.0.0.1:0"),
+    "results": ((str,), "tcp://127.0.0.1:0"),
+    "advertise": ((str,), None),
+    "heartbeat_interval": ((int, float), 0.5),
+    "heartbeat_liveness": ((int,), 4),
+    "request_timeout": ((int, float), 120.0),
+    "max_inflight": ((int,), 20000),
+}
+
+COMMON_STAGE_FIELDS: dict[str, tuple[tuple[type, ...], Any]] = {
+    "name": ((str,), _MISSING),
+    "kind": ((str,), _MISSING),
+    "input": ((str,), None),
+    "replicas": ((int,), 1),
+    "inbox": ((str,), "tcp://127.0.0.1:0"),
+    "advertise": ((str,), None),
+    "queue": ((int,), 4096),            # items a worker holds before it stops reading its inbox
+    "concurrency": ((int,), 256),       # async handler calls in flight per instance
+    "flush_ms": ((int, float), 1.0),    # max time a message waits in a coalescing batch
+    "batch_bytes": ((int,), 64 * 1024), # frame size at which a batch is sent at once
+}
+
+KIND_FIELDS: dict[str, dict[str, tuple[tuple[type, ...], Any]]] = {
+    "function": {
+        "handler": ((str,), _MISSING),
+        "options": ((dict,), None),      # when given, handler is a factory called with them
+        "fanout": ((bool,), None),       # default: a generator handler fans out
+    },
+}
+
+
+@dataclass(frozen=True)
+class BrokerConfig:
+    control: str
+    gateway: str
+    results: str
+    advertise: str | None
+    heartbeat_interval: float
+    heartbeat_liveness: int
+    request_timeout: float
+    max_inflight: int
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    name: str
+    kind: str
+    input: str | None
+    replicas: int
+    inbox: str
+    advertise: str | None
+    queue: int
+    concurrency: int
+    flush_ms: float
+    batch_bytes: int
+    fields: dict[str, Any] = field(default_factory=dict)  # kind-specific
+    # Derived by validation:
+    next: str | None = None        # the stage that takes this one's items (None: the gateway)
+    fans_out: bool = False         # each input item becomes children path + [i]
+    out_depth: int = 1             # length of the paths this stage emits
+    key_depth: int | None = None   # keyed routing of this stage's input on path[:key_depth]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> StageConfig:
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+
+@dataclass(frozen=True)
+class Topology:
+    source: str
+    broker: BrokerConfig
+    stages: tuple[StageConfig, ...]  # entry first, sink-most last
+
+    def stage(self, name: str) -> StageConfig:
+        for s in self.stages:
+            if s.name == name:
+                return s
+        raise TopologyError(f"{self.source}: no stage named {name!r}")
+
+    @property
+    def entry(self) -> StageConfig:
+        return self.stages[0]
+
+
+def load(path: str | Path, *, check_handlers: bool = True) -> Topology:
+    """Read and validate a topology file."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise TopologyError(f"{path}: no such topology file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise TopologyError(f"{path}: not valid TOML: {exc}") from None
+    return parse(raw, source=str(path), check_handlers=check_handlers)
+
+
+def parse(raw: dict[str, Any], *, source: str = "<topology>", check_handlers: bool = True) -> Topology:
+    """Validate a topology given as a dict (what the TOML decodes to)."""
+    unknown = set(raw) - {"broker", "stage"}
+    if unknown:
+        raise TopologyError(f"{source}: unknown top-level table(s) {sorted(unknown)}; expected [broker] and [[stage]]")
+    broker_raw = raw.get("broker", {})
+    if not isinstance(broker_raw, dict):
+        raise TopologyError(f"{source}: [broker] must be a table")
+    broker = BrokerConfig(**_fields(broker_raw, BROKER_FIELDS, f"{source}: [broker]"))
+    for name in ("control", "gateway", "results"):
+        _address(getattr(broker, name), f"{source}: [broker] field '{name}'")
+    if broker.heartbeat_interval <= 0 or broker.heartbeat_liveness < 1:
+        raise TopologyError(f"{source}: [broker] heartbeat_interval must be > 0 and heartbeat_liveness >= 1")
+    if broker.request_timeout <= 0 or broker.max_inflight < 1:
+        raise TopologyError(f"{source}: [broker] request_timeout must be > 0 and max_inflight >= 1")
+
+    stages_raw = raw.get("stage")
+    if not isinstance(stages_raw, list) or not stages_raw:
+        raise TopologyError(f"{source}: no [[stage]] tables: a topology needs at least one stage")
+    stages = [_stage(s, i, source, check_handlers) for i, s in enumerate(stages_raw)]
+    return Topology(source=source, broker=broker, stages=tuple(_chain(stages, source)))
+
+
+def _fields(raw: dict, spec: dict, where: str) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        raise TopologyError(f"{where}: must be a table")
+    unknown = sorted(set(raw) - set(spec))
+    if unknown:
+        raise TopologyError(f"{where}: unknown field '{unknown[0]}' (known: {', '.join(sorted(spec))})")
+    out = {}
+    for name, (types, default) in spec.items():
+        if name in raw:
+            value = raw[name]
+            # bool is an int in Python; a field typed int must not take true/false.
+            if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+                names = " or ".join(t.__name__ for t in types)
+                raise TopologyError(f"{where}: field '{name}' must be {names}, got {value!r}")
+            out[name] = value
+        elif default is _MISSING:
+            raise TopologyError(f"{where}: missing required field '{name}'")
+        else:
+            out[name] = default
+    return out
+
+
+def _address(value: str, where: str) -> None:
+    try:
+        check_address(value, where)
+    except ValueError as exc:
+        raise TopologyError(str(exc)) from None
+
+
+def _stage(raw: Any, index: int, source: str, check_handlers: bool) -> StageConfig:
+    label = f"{source}: stage {raw.get('name', '#' + str(index + 1))!r}" if isinstance(raw, dict) else f"{source}: stage #{index + 1}"
+    if not isinstance(raw, dict):
+        raise TopologyError(f"{label}: must be a table")
+    kind = raw.get("kind")
+    if kind not in KIND_FIELDS:
+        raise TopologyError(f"{label}: field 'kind' is {kind!r}; known kinds: {', '.join(sorted(KIND_FIELDS))}")
+    spec = {**COMMON_STAGE_FIELDS, **KIND_FIELDS[kind]}
+    values = _fields(raw, spec, label)
+    if values["replicas"] < 1:
+        raise TopologyError(f"{label}: field 'replicas' must be >= 1, got {values['replicas']}")
+    for name in ("queue", "concurrency", "batch_bytes"):
+        if values[name] < 1:
+            raise TopologyError(f"{label}: field '{name}' must be >= 1, got {values[name]}")
+    if values["flush_ms"] < 0:
+        raise TopologyError(f"{label}: field 'flush_ms' must be >= 0, got {values['flush_ms']}")
+    _address(values["inbox"], f"{label} field 'inbox'")
+    common = {k: values.pop(k) for k in COMMON_STAGE_FIELDS}
+    fans_out = False
+    if kind == "function":
+        fans_out = _function_fans_out(values, label, check_handlers)
+    return StageConfig(**common, fields=values, fans_out=fans_out)
+
+
+def _function_fans_out(values: dict, label: str, check_handlers: bool) -> bool:
+    spec = values["handler"]
+    if check_handlers:
+        try:
+            fn = import_object(spec)
+        except ImportError as exc:
+            raise TopologyError(f"{label}: field 'handler': {exc}") from None
+        if not callable(fn):
+            raise TopologyError(f"{label}: field 'handler': {spec!r} is not callable")
+        if values["fanout"] is None and values["options"] is None:
+            return inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn)
+    elif ":" not in spec:
+        raise TopologyError(f"{label}: field 'handler': {spec!r} is not 'module:function'")
+    return bool(values["fanout"])
+
+
+def _chain(stages: list[StageConfig], source: str) -> list[StageConfig]:
+    by_name: dict[str, StageConfig] = {}
+    for s in stages:
+        if s.name in by_name:
+            raise TopologyError(f"{source}: stage {s.name!r}: field 'name': two stages are named {s.name!r}")
+        by_name[s.name] = s
+    consumer: dict[str, str] = {}
+    entries = []
+    for s in stages:
+        if s.input is None:
+            entries.append(s.name)
+            continue
+        if s.input not in by_name:
+            raise TopologyError(f"{source}: stage {s.name!r}: field 'input': no stage named {s.input!r}")
+        if s.input == s.name:
+            raise TopologyError(f"{source}: stage {s.name!r}: field 'input': a stage cannot take its own output (cycle)")
+        if s.input in consumer:
+            raise TopologyError(
+                f"{source}: stage {s.name!r}: field 'input': stage {s.input!r} already feeds "
+                f"{consumer[s.input]!r}; a pipeline is a chain (combine branches with an aggregate stage)"
+            )
+        consumer[s.input] = s.name
+    if not entries:
+        cycle = " -> ".join(s.name for s in stages)
+        raise TopologyError(f"{source}: every stage has an 'input', so the stages form a cycle ({cycle}); "
+                            "the entry stage has no 'input'")
+    if len(entries) > 1:
+        raise TopologyError(f"{source}: stages {entries} have no 'input'; exactly one stage takes client requests")
+    ordered = []
+    name: str | None = entries[0]
+    depth = 1
+    while name is not None:
+        s = by_name[name]
+        if s.fans_out:
+            depth += 1
+        ordered.append((s, depth))
+        name = consumer.get(name)
+    if len(ordered) != len(stages):
+        stray = sorted(set(by_name) - {s.name for s, _ in ordered})
+        raise TopologyError(f"{source}: stage {stray[0]!r}: field 'input': it is not reachable from the entry "
+                            f"stage {entries[0]!r} (the stages {stray} form a cycle)")
+    out = []
+    for i, (s, d) in enumerate(ordered):
+        nxt = ordered[i + 1][0].name if i + 1 < len(ordered) else None
+        out.append(_replace(s, next=nxt, out_depth=d))
+    return out
+
+
+def _replace(s: StageConfig, **changes: Any) -> StageConfig:
+    d = s.to_dict()
+    d.update(changes)
+    return StageConfig(**d)
+
+
+def import_object(spec: str) -> Callable[..., Any]:
+    """``"package.module:attr"`` -> the object; ImportError says which part failed."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise ImportError(f"{spec!r} is not 'module:function'")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:
+        raise ImportError(f"cannot import module {module_name!r} for {spec!r}: {exc}") from None
+    obj: Any = module
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise ImportError(f"module {module_name!r} has no attribute {attr!r}") from None
+    return obj
