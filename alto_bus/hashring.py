@@ -7,36 +7,43 @@ function of the key and the table, so all senders of a request agree without ask
 Design (consistent hashing with bounded loads, in two layers):
 
 * **Keys to slots.** A key hashes (keyed blake2b, :data:`HASH_SEED`) into one of a
-  fixed number of slots, Flink's key groups. ``slots`` is a prime fixed for the life of
-  a stage: changing it moves nearly every key.
-* **Slots to instances**, once per table build. Instances whose load in the broker's
-  snapshot exceeds ``(1 + eps) x mean`` are skipped: they own no slot of this epoch
-  (their older-epoch keys still reach them through older tables). Each remaining
-  instance walks its own pseudo-random permutation of the slots, an offset and a
-  stride hashed from its id; the instances take turns claiming the next unclaimed
-  slot of their walk until every slot is owned (the Maglev fill, Eisenbud et al.,
-  NSDI 2016). Turns make the capacity bound exact: every instance owns ``floor`` or
-  ``ceil`` of ``slots / N``. A walk depends only on the instance's id, so a
-  membership change disturbs few claims besides the slots that must move; measured
-  with 16381 slots, growing from N to N+1 moves about 1.0-1.1 x K/(N+1) of K keys, and
-  removing one instance moves under 1% of keys besides the removed one's
-  (``scripts/bench_hashing.py``).
+  fixed number of slots, Flink's key groups. ``slots`` is fixed for the life of a
+  stage: changing it moves nearly every key.
+* **Slots to instances**, computed once per table build from the broker's load
+  snapshot. Instances whose load exceeds ``(1 + eps) x mean`` are skipped: they own no
+  slot of this epoch (their older-epoch keys still reach them through older tables).
+  Each slot ranks the remaining instances by a rendezvous score (a 64-bit mix of the
+  slot and a hash of the instance id) and goes to the best one that has room; an
+  instance holds at most ``ceil((1 + balance) x slots / N)`` slots and keeps the ones
+  that score highest for it (slot-proposing Gale-Shapley with capacities, so the
+  result does not depend on any processing order).
 
-A virtual-node ring walk with a slot capacity of ``(1 + c) x mean`` was the other
-candidate: its per-instance share varies by about 1/sqrt(vnodes), so the capacity
-must absorb that variance, and a capacity tight enough for a 1.25 key max/mean
-(c ~ 0.15) made growth move about 1.2 x K/(N+1) at 160 vnodes, on the bound.
+Why: the capacity makes the load bound hold by construction (slot max/mean is at most
+``1 + balance`` plus one slot), while rendezvous ranks make membership changes move
+almost nothing else: with 16381 slots and up to ~64 instances the capacity seldom
+binds, so growing from N to N+1 moves about K/(N+1) of K keys (all to the newcomer)
+and removing or skipping an instance moves only its own keys. When the capacity does
+bind, a few extra slots move. Measured figures: ``scripts/bench_hashing.py``.
+
+Two alternatives were measured and set aside: a virtual-node ring walk with a slot
+capacity (the per-instance share varies by about 1/sqrt(vnodes), so a capacity tight
+enough for a 1.25 key max/mean made growth move ~1.2 x K/(N+1) at 160 vnodes), and the
+Maglev fill (perfect balance, but growth moved 1.3x the ideal at N=32, 1.7x at N=64).
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 import struct
 import sys
 from array import array
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from hashlib import blake2b
 from typing import Any, Union
+
+import numpy as np
 
 # Never change these two: every process that routes a keyed hop must hash identically.
 HASH_SEED = b"alto_bus.hashring.v1"
@@ -44,9 +51,12 @@ HASH_NAME = "blake2b-64-le/alto_bus.hashring.v1"
 
 TABLE_FORMAT = 1
 DEFAULT_EPS = 0.25
-# A prime, so any stride walks every slot; about 100 x the instances a stage will run
-# keeps the rounding of slots/N under 1% of a share.
-DEFAULT_SLOTS = 16381
+# Slots an instance may hold beyond an even share: the in-table load bound.
+DEFAULT_BALANCE = 0.1
+# About 100 x the instances a stage will run, so that the rendezvous spread stays
+# within the capacity; the table travels as 2 bytes per slot.
+DEFAULT_SLOTS = 16384
+MAX_SLOTS = 1 << 20
 MAX_INSTANCES = 0xFFFF  # slot owners travel as uint16
 
 Key = Union[bytes, bytearray, memoryview, Sequence[int]]
@@ -88,37 +98,80 @@ def slot_of(key: Key, slots: int) -> int:
     return _h64(key_bytes(key)) % slots
 
 
-def _is_prime(n: int) -> bool:
-    if n < 2 or n % 2 == 0:
-        return n == 2
-    return all(n % f for f in range(3, math.isqrt(n) + 1, 2))
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_S30, _S27, _S31 = np.uint64(30), np.uint64(27), np.uint64(31)
+_BLOCK = 1 << 20  # scores computed at once, bounding build memory to ~8 MB
 
 
-def _walk(instance: str, slots: int) -> tuple[int, int]:
-    """Offset and stride of an instance's permutation of the slots."""
-    raw = instance.encode()
-    return _h64(b"offset\0" + raw) % slots, _h64(b"stride\0" + raw) % (slots - 1) + 1
+def _mix(z: np.ndarray) -> np.ndarray:
+    # splitmix64's finaliser: a bijection on uint64, so scores of one slot never tie
+    # unless two instance hashes are equal (checked).
+    z = z + _GOLDEN
+    z = (z ^ (z >> _S30)) * _M1
+    z = (z ^ (z >> _S27)) * _M2
+    return z ^ (z >> _S31)
 
 
-def _fill(walkers: Sequence[tuple[int, int]], slots: int) -> list[int]:
-    """Turn by turn, each walker claims the next unclaimed slot of its walk."""
-    owner = [-1] * slots
-    pos = [offset for offset, _ in walkers]
-    strides = [stride for _, stride in walkers]
-    left = slots
-    while True:
-        for j, stride in enumerate(strides):
-            p = pos[j]
-            while owner[p] >= 0:
-                p += stride
-                if p >= slots:
-                    p -= slots
-            owner[p] = j
-            p += stride
-            pos[j] = p - slots if p >= slots else p
-            left -= 1
-            if not left:
-                return owner
+def _instance_hashes(ids: Sequence[str]) -> np.ndarray:
+    hashes = [_h64(b"instance\0" + i.encode()) for i in ids]
+    if len(set(hashes)) != len(hashes):
+        raise ValueError("two instance ids hash alike; rename one")
+    return np.array(hashes, dtype=np.uint64)
+
+
+def _propose(rows: np.ndarray, below: np.ndarray | None, inst: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each slot in ``rows``, the best-scoring instance scoring under ``below``."""
+    choice = np.empty(rows.size, dtype=np.int64)
+    best = np.empty(rows.size, dtype=np.uint64)
+    step = max(1, _BLOCK // inst.size)
+    for lo in range(0, rows.size, step):
+        part = rows[lo : lo + step]
+        with np.errstate(over="ignore"):
+            scores = _mix(_mix(part.astype(np.uint64))[:, None] ^ inst[None, :])
+        if below is not None:
+            limit = below[lo : lo + step, None]
+            masked = np.where(scores < limit, scores, np.uint64(0))
+        else:
+            masked = scores
+        pick = masked.argmax(axis=1)
+        picked = scores[np.arange(part.size), pick]
+        if below is not None:
+            # A masked 0 can win only if every remaining score is 0 too (odds 2**-64):
+            # redo those rows exactly.
+            for r in np.nonzero(picked >= below[lo : lo + step])[0]:
+                ok = np.nonzero(scores[r] < below[lo + r])[0]
+                pick[r] = ok[scores[r, ok].argmax()]
+                picked[r] = scores[r, pick[r]]
+        choice[lo : lo + step] = pick
+        best[lo : lo + step] = picked
+    return choice, best
+
+
+def _assign(ids: Sequence[str], slots: int, balance: float) -> np.ndarray:
+    """Owner index (into ``ids``) of every slot: rendezvous ranks under a capacity."""
+    n = len(ids)
+    inst = _instance_hashes(ids)
+    cap = math.ceil((1.0 + balance) * slots / n)
+    owner = np.empty(slots, dtype=np.int64)
+    score = np.empty(slots, dtype=np.uint64)
+    free = np.arange(slots, dtype=np.int64)
+    below = None
+    while free.size:
+        owner[free], score[free] = _propose(free, below, inst)
+        if np.bincount(owner, minlength=n).max() <= cap:
+            break
+        # Every instance keeps its `cap` best-scoring slots; the rest propose to their
+        # next choice. Each slot only moves down its ranking, and n x cap >= slots, so
+        # this ends with every slot owned.
+        by_owner = np.lexsort((~score, owner))
+        ranked = owner[by_owner]
+        first = np.searchsorted(ranked, np.arange(n))
+        rank = np.arange(slots) - first[ranked]
+        free = np.sort(by_owner[rank >= cap])
+        below = score[free]
+    return owner
 
 
 def _check_instances(instances: Iterable[str]) -> tuple[str, ...]:
@@ -129,22 +182,32 @@ def _check_instances(instances: Iterable[str]) -> tuple[str, ...]:
         if not isinstance(i, str) or not i:
             raise ValueError(f"instance ids are non-empty strings, got {i!r}")
     if len(set(ids)) != len(ids):
-        dups = sorted({i for i in ids if ids.count(i) > 1})
+        dups = sorted(i for i, c in Counter(ids).items() if c > 1)
         raise ValueError(f"duplicate instance ids: {dups}")
     if len(ids) > MAX_INSTANCES:
         raise ValueError(f"at most {MAX_INSTANCES} instances per stage, got {len(ids)}")
     return tuple(sorted(ids))
 
 
+def _real(v: Any) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+
+
 def _check_eps(eps: Any) -> float:
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps <= 0:
+    if not _real(eps) or eps <= 0:
         raise ValueError(f"eps must be a finite number > 0 (load bound (1+eps) x mean), got {eps!r}")
     return float(eps)
 
 
+def _check_balance(balance: Any) -> float:
+    if not _real(balance) or balance < 0:
+        raise ValueError(f"balance must be a finite number >= 0 (slot capacity (1+balance) x even share), got {balance!r}")
+    return float(balance)
+
+
 def _check_slots(slots: Any, n: int) -> int:
-    if isinstance(slots, bool) or not isinstance(slots, int) or not _is_prime(slots):
-        raise ValueError(f"slots must be a prime number, got {slots!r}")
+    if isinstance(slots, bool) or not isinstance(slots, int) or not 1 <= slots <= MAX_SLOTS:
+        raise ValueError(f"slots must be an int in 1..{MAX_SLOTS}, got {slots!r}")
     if slots < n:
         raise ValueError(f"slots ({slots}) must be at least the number of instances ({n})")
     return slots
@@ -162,7 +225,7 @@ def _check_loads(ids: Sequence[str], loads: Mapping[str, float] | Sequence[float
         if len(values) != len(ids):
             raise ValueError(f"loads has {len(values)} entries for {len(ids)} instances")
     for i, v in zip(ids, values):
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+        if not _real(v) or v < 0:
             raise ValueError(f"load of instance {i!r} must be a finite number >= 0, got {v!r}")
     return tuple(float(v) for v in values)
 
@@ -181,7 +244,7 @@ def eligible(ids: Sequence[str], loads: Sequence[float], eps: float) -> list[str
 class KeyTable:
     """The key-to-instance assignment of one keyed stage in one routing epoch. Immutable."""
 
-    __slots__ = ("epoch", "instances", "loads", "eps", "slots", "_assign", "_by_slot")
+    __slots__ = ("epoch", "instances", "loads", "eps", "balance", "slots", "_assign", "_by_slot")
 
     def __init__(
         self,
@@ -189,6 +252,7 @@ class KeyTable:
         instances: tuple[str, ...],
         loads: tuple[float, ...],
         eps: float,
+        balance: float,
         slots: int,
         assign: array,
     ) -> None:
@@ -197,6 +261,7 @@ class KeyTable:
         self.instances = instances
         self.loads = loads
         self.eps = eps
+        self.balance = balance
         self.slots = slots
         self._assign = assign
         self._by_slot = [instances[j] for j in assign]
@@ -209,12 +274,15 @@ class KeyTable:
         loads: Mapping[str, float] | Sequence[float] | None = None,
         *,
         eps: float = DEFAULT_EPS,
+        balance: float = DEFAULT_BALANCE,
         slots: int = DEFAULT_SLOTS,
     ) -> KeyTable:
         """The table of ``epoch`` over ``instances`` given the broker's load snapshot.
 
         ``loads`` maps instance id to its load when the table is made (a sequence is
-        taken in the order of ``instances``); ``None`` means all idle.
+        taken in the order of ``instances``); ``None`` means all idle. Instances over
+        ``(1 + eps) x`` the mean load own no slot; the others own at most
+        ``ceil((1 + balance) x slots / eligible)`` slots each.
         """
         if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
             raise ValueError(f"epoch must be an int >= 0, got {epoch!r}")
@@ -225,21 +293,27 @@ class KeyTable:
             loads = by_id
         load_values = _check_loads(ids, loads)
         eps = _check_eps(eps)
+        balance = _check_balance(balance)
         slots = _check_slots(slots, len(ids))
         takers = eligible(ids, load_values, eps)
-        # Turn order by hashed id: a function of the set, not of how the caller listed it.
-        takers.sort(key=lambda i: (_h64(b"turn\0" + i.encode()), i))
-        claims = _fill([_walk(i, slots) for i in takers], slots)
-        index = {i: j for j, i in enumerate(ids)}
-        assign = array("H", [index[takers[j]] for j in claims])
-        return cls(epoch, ids, load_values, eps, slots, assign)
+        position = {i: j for j, i in enumerate(ids)}
+        index = np.array([position[i] for i in takers], dtype=np.int64)
+        assign = array("H", index[_assign(takers, slots, balance)].tolist())
+        return cls(epoch, ids, load_values, eps, balance, slots, assign)
 
     # -- lookups (the hot path) --
 
     def owner(self, key: Key) -> str:
         """The instance that owns ``key`` in this table: bytes, or a tuple of ints (a path prefix)."""
+        if type(key) is not bytes:
+            # Inlined key_bytes() for the common short tuple: about 0.3 us of a 1 us lookup.
+            packer = _STRUCTS.get(len(key)) if type(key) is tuple else None
+            try:
+                key = packer.pack(*key)  # type: ignore[union-attr]
+            except (AttributeError, struct.error):
+                key = key_bytes(key)
         h = _HASHER.copy()
-        h.update(key if type(key) is bytes else key_bytes(key))
+        h.update(key)
         return self._by_slot[_from_bytes(h.digest(), "little") % self.slots]
 
     def slot(self, key: Key) -> int:
@@ -273,7 +347,7 @@ class KeyTable:
     def __repr__(self) -> str:
         return (
             f"KeyTable(epoch={self.epoch}, instances={len(self.instances)}, "
-            f"skipped={len(self.skipped)}, slots={self.slots}, eps={self.eps})"
+            f"skipped={len(self.skipped)}, slots={self.slots}, eps={self.eps}, balance={self.balance})"
         )
 
     # -- publication --
@@ -290,6 +364,7 @@ class KeyTable:
             "epoch": self.epoch,
             "slots": self.slots,
             "eps": self.eps,
+            "balance": self.balance,
             "instances": list(self.instances),
             "loads": list(self.loads),
             "assign": assign.tobytes(),
@@ -300,15 +375,15 @@ class KeyTable:
         """The table published by the broker.
 
         ``format`` (1), ``hash`` (the key hash, must equal :data:`HASH_NAME`), ``epoch``,
-        ``slots``, ``eps``, ``instances`` (sorted ids), ``loads`` (the snapshot, aligned
-        with ``instances``) and ``assign``: ``slots`` little-endian uint16 indexes into
+        ``slots``, ``eps``, ``balance``, ``instances`` (sorted ids), ``loads`` (the
+        snapshot, aligned with ``instances``) and ``assign``: ``slots`` little-endian uint16 indexes into
         ``instances``, the owner of each slot. The receiver does not recompute the
         assignment, so senders agree even if their code differs in anything but the
         key hash.
         """
         if not isinstance(d, Mapping):
             raise ValueError(f"a key table is a map, got {type(d).__name__}")
-        missing = [f for f in ("format", "hash", "epoch", "slots", "eps", "instances", "loads", "assign") if f not in d]
+        missing = [f for f in ("format", "hash", "epoch", "slots", "eps", "balance", "instances", "loads", "assign") if f not in d]
         if missing:
             raise ValueError(f"key table lacks {', '.join(missing)}")
         if d["format"] != TABLE_FORMAT:
@@ -324,6 +399,7 @@ class KeyTable:
             raise ValueError("key table instances must be sorted")
         loads = _check_loads(ids, d["loads"])
         eps = _check_eps(d["eps"])
+        balance = _check_balance(d["balance"])
         slots = _check_slots(d["slots"], len(ids))
         raw = d["assign"]
         if not isinstance(raw, (bytes, bytearray)) or len(raw) != 2 * slots:
@@ -334,4 +410,4 @@ class KeyTable:
             assign.byteswap()
         if max(assign) >= len(ids):
             raise ValueError(f"key table assigns a slot to instance #{max(assign)} of {len(ids)}")
-        return cls(epoch, ids, loads, eps, slots, assign)
+        return cls(epoch, ids, loads, eps, balance, slots, assign)
