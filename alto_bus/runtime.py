@@ -155,11 +155,8 @@ class Worker:
     def _thread_main(self) -> None:
         try:
             asyncio.run(self.run())
-        except BaseException as exc:  # reported to start(), or logged
-            if not self._started.is_set():
-                self._start_error = exc
-                self._started.set()
-            else:
+        except BaseException as exc:  # before registration run() reports it to start()
+            if self._start_error is None:
                 log.error("worker for stage %s stopped with an error: %s", self.stage, describe(exc))
 
     async def run(self) -> None:
@@ -190,8 +187,22 @@ class Worker:
             log.info("stage %s: instance %d serving on %s", self.stage, self.iid, self.address)
             self._started.set()
             await self._serve(inbox)
+        except BaseException as exc:
+            if not self._started.is_set():
+                self._start_error = exc
+                self._started.set()
+            raise
         finally:
             await self._close(inbox)
+
+    async def wait_registered(self, timeout: float | None = None) -> None:
+        """For ``run()`` in the host's loop: returns once registered, raises if joining failed."""
+        loop = asyncio.get_running_loop()
+        ok = await loop.run_in_executor(None, self._started.wait, timeout or self.connect_timeout + 5)
+        if not ok:
+            raise WorkerError(f"worker for stage {self.stage!r} did not register in time")
+        if self._start_error is not None:
+            raise self._start_error
 
     # -- control events (delivered from the control thread) ----------------------------
 

@@ -55,11 +55,15 @@ Sets = dict[Prompt, list[InstanceId]]
 class PromptAware(Policy):
     name = "prompt-aware"
 
-    def __init__(self, *, resize_margin: float = 0.75, imbalance: float = 0.25,
-                 min_gain: float = 0.05, max_moves: int = 4, min_spills: int = 3,
-                 warm_slack: float = 0.15, spill_floor: float = 8.0,
-                 spill_ratio: float = 1.5) -> None:
+    def __init__(self, *, smoothing: float = 0.5, resize_margin: float = 0.75,
+                 cooldown: int = 5, imbalance: float = 0.25, min_gain: float = 0.05,
+                 max_moves: int = 4, min_spills: int = 3, warm_slack: float = 0.15,
+                 spill_floor: float = 8.0, spill_ratio: float = 1.5) -> None:
         super().__init__()
+        if not 0 < smoothing <= 1:
+            raise ValueError(f"smoothing must be in (0, 1], got {smoothing}")
+        if cooldown < 0:
+            raise ValueError(f"cooldown must be >= 0 rounds, got {cooldown}")
         if not 0.5 <= resize_margin <= 4:
             raise ValueError(f"resize_margin must be in [0.5, 4], got {resize_margin}")
         if imbalance < 0 or min_gain <= 0 or warm_slack < 0:
@@ -68,7 +72,9 @@ class PromptAware(Policy):
             raise ValueError("max_moves must be >= 0 and min_spills >= 1")
         if spill_floor < 0 or spill_ratio < 1:
             raise ValueError("spill_floor must be >= 0 and spill_ratio >= 1")
+        self.smoothing = smoothing
         self.resize_margin = resize_margin
+        self.cooldown = cooldown
         self.imbalance = imbalance
         self.min_gain = min_gain
         self.max_moves = max_moves
@@ -76,10 +82,14 @@ class PromptAware(Policy):
         self.warm_slack = warm_slack
         self.spill_floor = spill_floor
         self.spill_ratio = spill_ratio
+        # Broker-side memory across rounds: smoothed demand, and when each prompt last grew.
+        self._demand: dict[Prompt, float] = {}
+        self._grew: dict[Prompt, int] = {}
 
     def params(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in (
-            "resize_margin", "imbalance", "min_gain", "max_moves", "min_spills",
+            "smoothing", "resize_margin", "cooldown", "imbalance", "min_gain", "max_moves",
+            "min_spills",
             "warm_slack", "spill_floor", "spill_ratio")}
 
     # -- per request (senders) -------------------------------------------------------
@@ -113,9 +123,8 @@ class PromptAware(Policy):
         pool = check_pool(inp.instances)
         n = len(pool)
         prompts = inp.all_prompts()
-        demand = inp.demand()
-        for p in prompts:
-            demand.setdefault(p, 0.0)
+        demand = self._smooth(inp.demand(), prompts)
+        rnd = (inp.previous.round if inp.previous is not None else 0) + 1
         total = sum(demand.values())
         mean = total / n
         share = {p: (n * demand[p] / total if total > 0 else 0.0) for p in prompts}
@@ -144,6 +153,8 @@ class PromptAware(Policy):
             want = min(n, max(1, _round(k)))
             if have and abs(k - have) < self.resize_margin:
                 want = have
+            elif want < have and rnd - self._grew.get(p, -self.cooldown) < self.cooldown:
+                want = have  # it grew moments ago (spills, a burst): let that settle
             target[p] = want
             if want != have or not prev.get(p):
                 was = f" (was {have})" if have else ""
@@ -167,10 +178,23 @@ class PromptAware(Policy):
             before = set(prev.get(p, ()))
             added = tuple(i for i in sets[p] if i not in before)
             removed = tuple(sorted(before - set(sets[p])))
+            if len(sets[p]) > len(before & set(pool)):
+                self._grew[p] = rnd
             if added or removed:
                 decisions.append(Decision(p, added, removed,
                                           f"prompt {p}: " + "; ".join(notes[p])))
         return self._placement(sets, decisions, inp)
+
+    def _smooth(self, fresh: Mapping[Prompt, float], prompts: list[Prompt]) -> dict[Prompt, float]:
+        """Exponentially weighted demand: one bursty second should not move anything."""
+        a = self.smoothing
+        out = {}
+        for p in prompts:
+            new = fresh.get(p, 0.0)
+            old = self._demand.get(p)
+            out[p] = new if old is None else a * new + (1 - a) * old
+        self._demand = out
+        return dict(out)
 
     def _shrink(self, sets: Sets, target: Mapping[Prompt, int], demand: Mapping[Prompt, float],
                 pool: list[InstanceId], notes: dict[Prompt, list[str]]) -> dict[InstanceId, Prompt]:

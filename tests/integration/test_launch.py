@@ -1,0 +1,122 @@
+"""`alto launch` as a user runs it: output, stop on signals, no orphan, bad topologies refused."""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from alto_bus import Client
+from tests.support import alive, wait_exit, write_topology
+
+H = "tests.integration.handlers"
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def topology() -> dict:
+    return {
+        "stage": [
+            {"name": "split", "kind": "function", "handler": f"{H}:split", "replicas": 2},
+            {"name": "upper", "kind": "function", "handler": f"{H}:upper", "input": "split", "replicas": 2},
+        ],
+    }
+
+
+def children_of(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(p) for p in f.read().split()]
+
+
+class Launched:
+    def __init__(self, path: Path) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "alto_bus.cli", "launch", str(path)], cwd=ROOT,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.lines: list[str] = []
+        self._buf = b""
+
+    def read_until(self, word: str, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.lines or self.lines[-1] != word:
+            left = deadline - time.monotonic()
+            if b"\n" not in self._buf:
+                ready, _, _ = select.select([self.proc.stdout], [], [], max(0.0, left))
+                assert ready, f"no {word!r} within {timeout} s; got {self.lines}"
+                chunk = os.read(self.proc.stdout.fileno(), 65536)
+                assert chunk, f"alto launch exited early: {self.proc.stderr.read().decode()}"
+                self._buf += chunk
+                continue
+            line, self._buf = self._buf.split(b"\n", 1)
+            self.lines.append(line.decode())
+
+    def kill_all(self) -> None:
+        if self.proc.poll() is None:
+            for pid in children_of(self.proc.pid):
+                os.kill(pid, signal.SIGKILL)
+            self.proc.kill()
+        self.proc.wait()
+
+
+@pytest.fixture
+def launched(tmp_path):
+    run = Launched(write_topology(tmp_path, topology()))
+    try:
+        yield run
+    finally:
+        run.kill_all()
+
+
+def test_launch_prints_gateway_stage_lines_and_ready_then_serves(launched):
+    launched.read_until("ready")
+    assert launched.lines[0].startswith("gateway tcp://127.0.0.1:")
+    assert sum(line.startswith("stage ") for line in launched.lines) == 2
+    assert any(line.startswith("stage split (function): 2/2 instances ready") for line in launched.lines)
+    gateway = launched.lines[0].split()[1]
+    with Client(gateway) as client:
+        assert client.submit("x y").result(timeout=30) == ["X", "Y"]
+    assert len(children_of(launched.proc.pid)) == 5  # broker + 4 instances
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_stops_every_process(launched, sig):
+    launched.read_until("ready")
+    kids = children_of(launched.proc.pid)
+    launched.proc.send_signal(sig)
+    assert launched.proc.wait(30) == 0
+    assert all(wait_exit(pid, 15) for pid in kids)
+    assert not any(alive(pid) for pid in kids)
+
+
+def test_killing_the_launcher_leaves_no_orphan(launched):
+    launched.read_until("ready")
+    kids = children_of(launched.proc.pid)
+    assert len(kids) == 5
+    launched.proc.kill()  # SIGKILL: the launcher gets no chance to clean up
+    launched.proc.wait()
+    assert all(wait_exit(pid, 15) for pid in kids), [p for p in kids if alive(p)]
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"colour": "red"}, ["stage 'upper'", "unknown field 'colour'"]),
+    ({"input": "nowhere"}, ["stage 'upper'", "field 'input'", "no stage named 'nowhere'"]),
+    ({"replicas": 0}, ["stage 'upper'", "field 'replicas'", ">= 1"]),
+    ({"handler": f"{H}:missing"}, ["stage 'upper'", "field 'handler'", "has no attribute 'missing'"]),
+    ({"handler": "no_such_module:fn"}, ["stage 'upper'", "field 'handler'", "cannot import module 'no_such_module'"]),
+])
+def test_a_bad_topology_is_refused_before_anything_starts(tmp_path, change, words):
+    topo = topology()
+    topo["stage"][1].update(change)
+    path = write_topology(tmp_path, topo)
+    out = subprocess.run([sys.executable, "-m", "alto_bus.cli", "launch", str(path)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert str(path) in out.stderr
+    for w in words:
+        assert w in out.stderr
+    assert "gateway" not in out.stdout  # nothing was started
