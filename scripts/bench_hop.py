@@ -1,0 +1,268 @@
+"""One stage hop of the runtime against raw pyzmq, measured in the same run.
+
+    python scripts/bench_hop.py [--messages 200000] [--repeats 5] [--json out.json]
+
+Three processes either way: a source, the hop, and a sink.
+  raw    source PUSH -> relay process (pyzmq PULL -> PUSH, one message per frame) -> sink PULL
+  alto   source PUSH -> alto_bus Worker (identity handler) -> sink PULL
+The alto source sends data-plane frames the way an upstream stage does (coalesced
+batches); the worker registers with a fake broker (a ROUTER in this script) whose
+"results" address is the sink, so nothing but the hop is measured.
+
+(a) throughput: messages/s arriving at the sink, small payloads and 16-token payloads;
+(b) latency at low load: one message in flight at a time, one-way time source -> sink
+    (CLOCK_MONOTONIC is shared by the processes of one machine).
+Reports medians over repeats and the ratio alto / raw.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import msgpack  # noqa: E402
+import zmq  # noqa: E402
+
+from alto_bus import wire  # noqa: E402
+
+SMALL = "x" * 8
+TOKENS16 = list(range(1000, 1016))
+
+
+def identity(x):
+    return x
+
+
+# -- the hop processes ---------------------------------------------------------------------
+
+
+def raw_relay(inbox: str, outbox: str, ready) -> None:
+    ctx = zmq.Context()
+    pull = ctx.socket(zmq.PULL)
+    pull.bind(inbox)
+    push = ctx.socket(zmq.PUSH)
+    push.connect(outbox)
+    ready.set()
+    while True:
+        msg = pull.recv()
+        if msg == b"STOP":
+            break
+        push.send(msg)
+    push.close(linger=1000)
+    pull.close()
+
+
+def alto_worker(control: str, ready) -> None:
+    import asyncio
+
+    from alto_bus.runtime import Worker
+
+    w = Worker("hop", handler=identity, broker=control, inbox="tcp://127.0.0.1:0")
+    ready.set()
+    asyncio.run(w.run())
+
+
+class FakeBroker(threading.Thread):
+    """Answers a worker's hello/ready so it joins, with the sink as its results inbox."""
+
+    def __init__(self, results: str) -> None:
+        super().__init__(daemon=True)
+        self.ctx = zmq.Context.instance()
+        self.sock = self.ctx.socket(zmq.ROUTER)
+        port = self.sock.bind_to_random_port("tcp://127.0.0.1")
+        self.address = f"tcp://127.0.0.1:{port}"
+        self.results = results
+        self.inbox: str | None = None
+        self.registered = threading.Event()
+        self.identity: bytes | None = None
+        self.stopping = False
+
+    def run(self) -> None:
+        cfg = {"name": "hop", "kind": "function", "input": None, "replicas": 1, "inbox": "tcp://127.0.0.1:0",
+               "advertise": None, "queue": 4096, "concurrency": 256, "flush_ms": 1.0,
+               "batch_bytes": 65536, "fields": {}, "next": None, "fans_out": False, "out_depth": 1,
+               "key_depth": None}
+        while not self.stopping:
+            if not self.sock.poll(100):
+                continue
+            ident, frame = self.sock.recv_multipart()
+            op, body = wire.decode_control(frame)
+            if op == "hello":
+                self.sock.send_multipart([ident, wire.encode_control("welcome", {
+                    "config": cfg, "heartbeat_interval": 1.0, "liveness": 5, "results": self.results})])
+            elif op == "ready":
+                self.inbox = body["address"]
+                self.identity = ident
+                self.sock.send_multipart([ident, wire.encode_control("registered", {"iid": 1})])
+                self.registered.set()
+
+    def shutdown(self) -> None:
+        if self.identity is not None:
+            self.sock.send_multipart([self.identity, wire.encode_control("shutdown", {})])
+        self.stopping = True
+
+
+# -- measurements ----------------------------------------------------------------------------
+
+
+def count_messages(frame: bytes, alto: bool) -> int:
+    return len(wire.decode_frame(frame)[1]) if alto else 1
+
+
+def source_proc(address: str, n: int, payload, alto: bool, batch: int, go) -> None:
+    ctx = zmq.Context()
+    push = ctx.socket(zmq.PUSH)
+    push.setsockopt(zmq.SNDHWM, 1000)
+    push.connect(address)
+    go.wait()
+    if alto:
+        b = wire.FrameBuilder("hop")
+        for i in range(n):
+            b.add([wire.DATA, [i], 0, payload, True, 0])
+            if len(b) >= batch:
+                push.send(b.take())
+        if len(b):
+            push.send(b.take())
+    else:
+        packb = msgpack.Packer(use_bin_type=True).pack
+        for i in range(n):
+            push.send(packb([wire.DATA, [i], 0, payload, True, 0]))
+    push.close(linger=5000)
+
+
+def throughput(hop_inbox: str, sink: zmq.Socket, n: int, payload, alto: bool) -> float:
+    go = mp.Event()
+    src = mp.Process(target=source_proc, args=(hop_inbox, n, payload, alto, 64, go))
+    src.start()
+    go.set()
+    got = 0
+    t0 = None
+    while got < n:
+        if not sink.poll(20_000):
+            raise RuntimeError(f"sink stalled at {got}/{n} messages")
+        frame = sink.recv()
+        if t0 is None:
+            t0 = time.perf_counter()
+        got += count_messages(frame, alto)
+    elapsed = time.perf_counter() - t0
+    src.join()
+    return n / elapsed
+
+
+def latency(hop_inbox: str, sink: zmq.Socket, n: int, alto: bool) -> list[float]:
+    ctx = zmq.Context.instance()
+    push = ctx.socket(zmq.PUSH)
+    push.connect(hop_inbox)
+    lat = []
+    for i in range(n + 50):
+        sent = time.perf_counter_ns()
+        if alto:
+            push.send(wire.encode_frame("hop", [[wire.DATA, [i], 0, SMALL, True, 0]]))
+        else:
+            push.send(msgpack.packb([wire.DATA, [i], 0, SMALL, True, 0]))
+        sink.recv()
+        if i >= 50:  # warm-up
+            lat.append((time.perf_counter_ns() - sent) / 1000)
+    push.close(linger=0)
+    return lat
+
+
+def run(args: argparse.Namespace) -> dict:
+    ctx = zmq.Context.instance()
+    sink = ctx.socket(zmq.PULL)
+    sink.setsockopt(zmq.RCVHWM, 100_000)
+    sink_port = sink.bind_to_random_port("tcp://127.0.0.1")
+    sink_addr = f"tcp://127.0.0.1:{sink_port}"
+    results: dict[str, dict[str, list[float]]] = {"raw": {}, "alto": {}}
+
+    # raw relay
+    ready = mp.Event()
+    relay_in = f"tcp://127.0.0.1:{_free_port()}"
+    relay = mp.Process(target=raw_relay, args=(relay_in, sink_addr, ready))
+    relay.start()
+    ready.wait(10)
+    # alto worker behind a fake broker
+    broker = FakeBroker(sink_addr)
+    broker.start()
+    ready2 = mp.Event()
+    worker = mp.Process(target=alto_worker, args=(broker.address, ready2))
+    worker.start()
+    if not broker.registered.wait(30):
+        raise RuntimeError("the worker did not register")
+    try:
+        for r in range(args.repeats):
+            for name, inbox, alto in (("raw", relay_in, False), ("alto", broker.inbox, True)):
+                res = results[name]
+                res.setdefault("small_msgs_per_s", []).append(throughput(inbox, sink, args.messages, SMALL, alto))
+                res.setdefault("tok16_msgs_per_s", []).append(
+                    throughput(inbox, sink, args.messages, TOKENS16, alto))
+                lat = latency(inbox, sink, args.latency_samples, alto)
+                res.setdefault("lat_p50_us", []).append(statistics.median(lat))
+                res.setdefault("lat_p99_us", []).append(statistics.quantiles(lat, n=100)[98])
+            print(f"repeat {r + 1}/{args.repeats} done", file=sys.stderr, flush=True)
+    finally:
+        push = ctx.socket(zmq.PUSH)
+        push.connect(relay_in)
+        push.send(b"STOP")
+        push.close(linger=1000)
+        broker.shutdown()
+        relay.join(5)
+        worker.join(10)
+        for p in (relay, worker):
+            if p.is_alive():
+                p.kill()
+    med = {name: {k: statistics.median(v) for k, v in res.items()} for name, res in results.items()}
+    return {"median": med, "runs": results, "messages": args.messages, "repeats": args.repeats,
+            "cpus": os.cpu_count()}
+
+
+def _free_port() -> int:
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def report(out: dict) -> str:
+    raw, alto = out["median"]["raw"], out["median"]["alto"]
+    rows = [
+        ("small payload, messages/s", raw["small_msgs_per_s"], alto["small_msgs_per_s"], "higher"),
+        ("16-token payload, messages/s", raw["tok16_msgs_per_s"], alto["tok16_msgs_per_s"], "higher"),
+        ("16-token payload, tokens/s", raw["tok16_msgs_per_s"] * 16, alto["tok16_msgs_per_s"] * 16, "higher"),
+        ("one-way latency p50, us", raw["lat_p50_us"], alto["lat_p50_us"], "lower"),
+        ("one-way latency p99, us", raw["lat_p99_us"], alto["lat_p99_us"], "lower"),
+    ]
+    lines = ["| figure (median of %d runs) | raw pyzmq hop | alto_bus hop | alto / raw |" % out["repeats"],
+             "|---|---:|---:|---:|"]
+    for name, r, a, _ in rows:
+        lines.append(f"| {name} | {r:,.0f} | {a:,.0f} | {a / r:.2f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--messages", type=int, default=200_000)
+    p.add_argument("--latency-samples", type=int, default=2000)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--json", help="also write the raw figures here")
+    args = p.parse_args()
+    out = run(args)
+    print(report(out))
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
