@@ -36,7 +36,9 @@ class GroupTracker:
 
     def _check(self, path: Path) -> None:
         if self.complete:
-            raise AncestryError(f"path {list(path)} arrived after group {list(self.root)} completed")
+            raise AncestryError(
+                f"path {list(path)} arrived after group {list(self.root)} completed"
+            )
         depth = self._depth
         if len(path) < depth or path[:depth] != self.root:
             raise AncestryError(f"path {list(path)} is outside group {list(self.root)}")
@@ -88,7 +90,9 @@ class GroupTracker:
                 raise AncestryError(f"negative child index in {list(path)}")
             expected = self._ends.get(parent)
             if expected is not None and i >= expected:
-                raise AncestryError(f"{list(parent)} announced {expected} children, got {list(path)}")
+                raise AncestryError(
+                    f"{list(parent)} announced {expected} children, got {list(path)}"
+                )
             bits = self._done.get(parent, 0)
             if bits >> i & 1:
                 raise AncestryError(f"{list(path)} completed twice")

@@ -52,7 +52,8 @@ class Broker:
         self.cfg = cfg
         self.ctx = ctx or zmq.Context.instance()
         self.stage_names = [s.name for s in topology.stages]
-        self.members = Membership(self.stage_names, cfg.heartbeat_interval, cfg.heartbeat_liveness)
+        keyed = {s.name: float(s.fields.get("eps", 0.25)) for s in topology.stages if s.key_depth is not None}
+        self.members = Membership(self.stage_names, cfg.heartbeat_interval, cfg.heartbeat_liveness, keyed)
         self.gateway = Gateway(cfg.request_timeout, cfg.max_inflight)
         self.loads = LoadView()
         self.rng = random.Random(0x5EED)
@@ -100,6 +101,8 @@ class Broker:
                 self._queue_client(out)
                 self._flush_entries()
                 self._flush_clients()
+                if self.gateway.cancelled:
+                    self._broadcast_cancels()
         finally:
             self._shutdown_workers()
 
@@ -170,8 +173,10 @@ class Broker:
             self._send_control(identity, "reject", {"reason": reason})
             return
         cfg = self.topology.stage(stage)
+        nxt = self.topology.stage(cfg.next).to_dict() if cfg.next else None
         self._send_control(identity, "welcome", {
             "config": cfg.to_dict(),
+            "next": nxt,
             "heartbeat_interval": self.cfg.heartbeat_interval,
             "liveness": self.cfg.heartbeat_liveness,
             "results": self.addresses["results"],
@@ -274,7 +279,8 @@ class Broker:
             self._membership_changed()
         loads = self.members.loads()
         self.loads.update(loads)
-        body = {"epoch": self.members.epoch, "loads": loads}
+        body = {"epoch": self.members.epoch, "loads": loads,
+                "oldest": self.gateway.oldest_epoch(self.members.epoch)}
         for inst in self.members.instances.values():
             self._send_control(inst.identity, "loads", body)
 
@@ -291,6 +297,12 @@ class Broker:
         if failed:
             log.error("failed %d request(s) held by instance %d", failed, inst.iid)
         self._queue_client(out)
+
+    def _broadcast_cancels(self) -> None:
+        body = {"rids": self.gateway.cancelled}
+        self.gateway.cancelled = []
+        for inst in self.members.instances.values():
+            self._send_control(inst.identity, "cancel", body)
 
     def _shutdown_workers(self) -> None:
         for inst in self.members.instances.values():
@@ -323,6 +335,12 @@ class Broker:
 
     def _submit(self, identity: bytes, msg: list, now: float, out: list[ClientOut]) -> None:
         _, cid, payload, stream, timeout = msg[:5]
+        if not self.members.complete:
+            missing = [n for n in self.stage_names if not self.members.count(n)]
+            out.append((identity, [wire.FAILED, cid, "gateway",
+                                   f"unavailable: stage(s) {missing} have no live instance"]))
+            self.gateway.stats.rejected += 1
+            return
         entry_ids = self.members.routable(self.topology.entry.name)
         writable = [i for i in entry_ids if not self.entries[i].backlog]
         if not writable:
@@ -331,7 +349,7 @@ class Broker:
             out.append((identity, [wire.FAILED, cid, "gateway", why]))
             self.gateway.stats.rejected += 1
             return
-        rid = self.gateway.admit(identity, cid, stream, timeout, now)
+        rid = self.gateway.admit(identity, cid, stream, timeout, now, self.members.epoch)
         if isinstance(rid, str):
             out.append((identity, [wire.FAILED, cid, "gateway", rid]))
             return

@@ -28,6 +28,7 @@ class Request:
     stream: bool
     deadline: float
     admitted: float
+    epoch: int
     tracker: GroupTracker
     leaves: dict[tuple, Any] = field(default_factory=dict)
     partial: dict[tuple, list] = field(default_factory=dict)  # leaves still streaming
@@ -52,10 +53,12 @@ class Gateway:
         self._deadlines: list[tuple[float, int]] = []
         self._next_rid = int(time.time() * 1000) << 16  # unlikely to meet a previous run's ids
         self.stats = GatewayStats()
+        self.cancelled: list[int] = []  # requests that ended early: workers drop their work
 
     # -- admission ---------------------------------------------------------------------
 
-    def admit(self, client: bytes, cid: int, stream: bool, timeout: float | None, now: float) -> int | str:
+    def admit(self, client: bytes, cid: int, stream: bool, timeout: float | None, now: float,
+              epoch: int = 0) -> int | str:
         """A new request's id, or the reason it is refused."""
         if len(self.requests) >= self.max_inflight:
             self.stats.rejected += 1
@@ -70,7 +73,8 @@ class Gateway:
         rid = self._next_rid
         self._next_rid += 1
         deadline = now + (timeout or self.request_timeout)
-        self.requests[rid] = Request(rid, client, cid, bool(stream), deadline, now, GroupTracker((rid,)))
+        self.requests[rid] = Request(rid, client, cid, bool(stream), deadline, now, epoch,
+                                     GroupTracker((rid,)))
         cids[cid] = rid
         heapq.heappush(self._deadlines, (deadline, rid))
         self.stats.admitted += 1
@@ -140,6 +144,7 @@ class Gateway:
 
     def _fail(self, req: Request, stage: str, message: str, out: list[ClientOut]) -> None:
         self._forget(req)
+        self.cancelled.append(req.rid)
         self.stats.failed += 1
         out.append((req.client, [wire.FAILED, req.cid, stage, message]))
 
@@ -170,6 +175,7 @@ class Gateway:
         for rid in cids.values():
             if self.requests.pop(rid, None) is not None:
                 self.stats.failed += 1
+                self.cancelled.append(rid)
         return list(cids.values())
 
     def expire(self, now: float, out: list[ClientOut]) -> list[int]:
@@ -190,6 +196,10 @@ class Gateway:
                        f"(timeout {req.deadline - req.admitted:.1f} s; still waiting on {waiting})", out)
             expired.append(rid)
         return expired
+
+    def oldest_epoch(self, current: int) -> int:
+        """The oldest routing epoch a request in flight still uses."""
+        return min((r.epoch for r in self.requests.values()), default=current)
 
     def next_deadline(self) -> float | None:
         heap = self._deadlines

@@ -20,15 +20,17 @@ Design (consistent hashing with bounded loads, in two layers):
 
 Why: the capacity makes the load bound hold by construction (slot max/mean is at most
 ``1 + balance`` plus one slot), while rendezvous ranks make membership changes move
-almost nothing else: with 16381 slots and up to ~64 instances the capacity seldom
-binds, so growing from N to N+1 moves about K/(N+1) of K keys (all to the newcomer)
-and removing or skipping an instance moves only its own keys. When the capacity does
-bind, a few extra slots move. Measured figures: ``scripts/bench_hashing.py``.
+almost nothing else. With the default 16384 slots and up to ~32 instances the
+capacity does not bind: growing from N to N+1 moves about K/(N+1) of K keys, all to
+the newcomer, and removing or skipping an instance moves only its own keys. Where it
+binds (many instances per slot), a few extra slots move: 0.06% of keys when one of 64
+leaves. Measured figures: ``scripts/bench_hashing.py``.
 
 Two alternatives were measured and set aside: a virtual-node ring walk with a slot
 capacity (the per-instance share varies by about 1/sqrt(vnodes), so a capacity tight
 enough for a 1.25 key max/mean made growth move ~1.2 x K/(N+1) at 160 vnodes), and the
-Maglev fill (perfect balance, but growth moved 1.3x the ideal at N=32, 1.7x at N=64).
+Maglev fill over 16381 slots (perfect balance, but growth moved 1.3x the ideal at
+N=32 and 1.7x at N=64).
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from array import array
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from hashlib import blake2b
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
@@ -58,9 +60,10 @@ DEFAULT_BALANCE = 0.1
 DEFAULT_SLOTS = 16384
 MAX_SLOTS = 1 << 20
 MAX_INSTANCES = 0xFFFF  # slot owners travel as uint16
+_FIELDS = ("format", "hash", "epoch", "slots", "eps", "balance", "instances", "loads", "assign")
 
-Key = Union[bytes, bytearray, memoryview, Sequence[int]]
-InstanceId = Union[int, str]  # the broker's instance ids (ints today); msgpack keeps the type
+Key = bytes | bytearray | memoryview | Sequence[int]
+InstanceId = int | str  # the broker's instance ids (ints today); msgpack keeps the type
 
 _HASHER = blake2b(digest_size=8, key=HASH_SEED)
 _from_bytes = int.from_bytes
@@ -126,7 +129,9 @@ def _instance_hashes(ids: Sequence[InstanceId]) -> np.ndarray:
     return np.array(hashes, dtype=np.uint64)
 
 
-def _propose(rows: np.ndarray, below: np.ndarray | None, inst: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _propose(
+    rows: np.ndarray, below: np.ndarray | None, inst: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """For each slot in ``rows``, the best-scoring instance scoring under ``below``."""
     choice = np.empty(rows.size, dtype=np.int64)
     best = np.empty(rows.size, dtype=np.uint64)
@@ -191,7 +196,7 @@ def _check_instances(instances: Iterable[InstanceId]) -> list[InstanceId]:
         if isinstance(i, bool) or not isinstance(i, (int, str)) or i == "":
             raise ValueError(f"instance ids are ints or non-empty strings, got {i!r}")
     if len(set(ids)) != len(ids):
-        dups = sorted(i for i, c in Counter(ids).items() if c > 1)
+        dups = sorted((i for i, c in Counter(ids).items() if c > 1), key=_id_order)
         raise ValueError(f"duplicate instance ids: {dups}")
     if len(ids) > MAX_INSTANCES:
         raise ValueError(f"at most {MAX_INSTANCES} instances per stage, got {len(ids)}")
@@ -204,13 +209,16 @@ def _real(v: Any) -> bool:
 
 def _check_eps(eps: Any) -> float:
     if not _real(eps) or eps <= 0:
-        raise ValueError(f"eps must be a finite number > 0 (load bound (1+eps) x mean), got {eps!r}")
+        raise ValueError(f"eps must be a finite number > 0 (bound (1+eps) x mean), got {eps!r}")
     return float(eps)
 
 
 def _check_balance(balance: Any) -> float:
     if not _real(balance) or balance < 0:
-        raise ValueError(f"balance must be a finite number >= 0 (slot capacity (1+balance) x even share), got {balance!r}")
+        raise ValueError(
+            f"balance must be a finite number >= 0 (capacity (1+balance) x even share), "
+            f"got {balance!r}"
+        )
     return float(balance)
 
 
@@ -222,7 +230,9 @@ def _check_slots(slots: Any, n: int) -> int:
     return slots
 
 
-def _check_loads(ids: Sequence[InstanceId], loads: Mapping[InstanceId, float] | Sequence[float] | None) -> tuple[float, ...]:
+def _check_loads(
+    ids: Sequence[InstanceId], loads: Mapping[InstanceId, float] | Sequence[float] | None
+) -> tuple[float, ...]:
     if loads is None:
         values = [0.0] * len(ids)
     elif isinstance(loads, Mapping):
@@ -233,7 +243,7 @@ def _check_loads(ids: Sequence[InstanceId], loads: Mapping[InstanceId, float] | 
         values = list(loads)
         if len(values) != len(ids):
             raise ValueError(f"loads has {len(values)} entries for {len(ids)} instances")
-    for i, v in zip(ids, values):
+    for i, v in zip(ids, values, strict=True):
         if not _real(v) or v < 0:
             raise ValueError(f"load of instance {i!r} must be a finite number >= 0, got {v!r}")
     return tuple(float(v) for v in values)
@@ -243,10 +253,10 @@ def eligible(ids: Sequence[InstanceId], loads: Sequence[float], eps: float) -> l
     """The instances within ``(1 + eps) x mean`` load; never empty."""
     mean = sum(loads) / len(loads)
     bound = (1.0 + eps) * mean
-    ok = [i for i, v in zip(ids, loads) if v <= bound]
+    ok = [i for i, v in zip(ids, loads, strict=True) if v <= bound]
     if not ok:  # only float rounding can get here; keep the least loaded
         least = min(loads)
-        ok = [i for i, v in zip(ids, loads) if v == least]
+        ok = [i for i, v in zip(ids, loads, strict=True) if v == least]
     return ok
 
 
@@ -297,7 +307,7 @@ class KeyTable:
             raise ValueError(f"epoch must be an int >= 0, got {epoch!r}")
         given = _check_instances(instances)
         if loads is not None and not isinstance(loads, Mapping):
-            loads = dict(zip(given, _check_loads(given, loads)))
+            loads = dict(zip(given, _check_loads(given, loads), strict=True))
         ids = tuple(sorted(given, key=_id_order))  # canonical: the table is a function of the set
         load_values = _check_loads(ids, loads)
         eps = _check_eps(eps)
@@ -312,7 +322,7 @@ class KeyTable:
     # -- lookups (the hot path) --
 
     def owner(self, key: Key) -> InstanceId:
-        """The instance that owns ``key`` in this table: bytes, or a tuple of ints (a path prefix)."""
+        """The instance that owns ``key``: bytes, or a tuple of ints (a path prefix)."""
         if type(key) is not bytes:
             # Inlined key_bytes() for the common short tuple: about 0.3 us of a 1 us lookup.
             packer = _STRUCTS.get(len(key)) if type(key) is tuple else None
@@ -350,12 +360,13 @@ class KeyTable:
         """How many slots have a different owner in ``other`` (keys that move between epochs)."""
         if other.slots != self.slots:
             return self.slots
-        return sum(a != b for a, b in zip(self._by_slot, other._by_slot))
+        return sum(a != b for a, b in zip(self._by_slot, other._by_slot, strict=True))
 
     def __repr__(self) -> str:
         return (
             f"KeyTable(epoch={self.epoch}, instances={len(self.instances)}, "
-            f"skipped={len(self.skipped)}, slots={self.slots}, eps={self.eps}, balance={self.balance})"
+            f"skipped={len(self.skipped)}, slots={self.slots}, eps={self.eps}, "
+            f"balance={self.balance})"
         )
 
     # -- publication --
@@ -384,20 +395,22 @@ class KeyTable:
 
         ``format`` (1), ``hash`` (the key hash, must equal :data:`HASH_NAME`), ``epoch``,
         ``slots``, ``eps``, ``balance``, ``instances`` (ids), ``loads`` (the
-        snapshot, aligned with ``instances``) and ``assign``: ``slots`` little-endian uint16 indexes into
-        ``instances``, the owner of each slot. The receiver does not recompute the
-        assignment, so senders agree even if their code differs in anything but the
-        key hash.
+        snapshot, aligned with ``instances``) and ``assign``: ``slots`` little-endian
+        uint16 indexes into ``instances``, the owner of each slot. The receiver does not
+        recompute the assignment, so senders agree even if their code differs in
+        anything but the key hash.
         """
         if not isinstance(d, Mapping):
             raise ValueError(f"a key table is a map, got {type(d).__name__}")
-        missing = [f for f in ("format", "hash", "epoch", "slots", "eps", "balance", "instances", "loads", "assign") if f not in d]
+        missing = [f for f in _FIELDS if f not in d]
         if missing:
             raise ValueError(f"key table lacks {', '.join(missing)}")
         if d["format"] != TABLE_FORMAT:
             raise ValueError(f"key table format {d['format']!r}, this process reads {TABLE_FORMAT}")
         if d["hash"] != HASH_NAME:
-            raise ValueError(f"key table hashed with {d['hash']!r}, this process hashes with {HASH_NAME!r}")
+            raise ValueError(
+                f"key table hashed with {d['hash']!r}, this process hashes with {HASH_NAME!r}"
+            )
         epoch = d["epoch"]
         if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
             raise ValueError(f"key table epoch must be an int >= 0, got {epoch!r}")

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from alto_bus.hashring import KeyTable
+
 
 @dataclass
 class Instance:
@@ -27,8 +29,11 @@ class Instance:
 
 
 class Membership:
-    def __init__(self, stage_names: list[str], heartbeat_interval: float, liveness: int) -> None:
+    def __init__(self, stage_names: list[str], heartbeat_interval: float, liveness: int,
+                 keyed: dict[str, float] | None = None) -> None:
         self.stage_names = stage_names
+        self.keyed = keyed or {}   # keyed stage -> eps of its bounded-load key table
+        self.dead_ids: list[int] = []  # instances that died, newest last (senders fail their keys)
         self.heartbeat_interval = heartbeat_interval
         self.liveness = liveness
         self.instances: dict[int, Instance] = {}
@@ -84,6 +89,7 @@ class Membership:
         limit = self.heartbeat_interval * self.liveness
         gone = [i for i in self.instances.values() if now - i.last_seen > limit]
         for inst in gone:
+            self.dead_ids = [*self.dead_ids[-999:], inst.iid]
             self.remove(inst.iid)
         return gone
 
@@ -98,7 +104,14 @@ class Membership:
         for inst in sorted(self.instances.values(), key=lambda i: i.iid):
             if not inst.draining:
                 stages.setdefault(inst.stage, []).append([inst.iid, inst.address])
-        return {"epoch": self.epoch, "stages": stages}
+        keys = {}
+        for stage, eps in self.keyed.items():
+            ids = [iid for iid, _ in stages.get(stage, [])]
+            if ids:
+                loads = {iid: self.instances[iid].depth for iid in ids}
+                keys[stage] = KeyTable.build(self.epoch, ids, loads, eps=eps).to_dict()
+        self.complete = all(stages.get(name) for name in self.stage_names)
+        return {"epoch": self.epoch, "stages": stages, "keys": keys, "dead": list(self.dead_ids)}
 
     def routable(self, stage: str) -> list[int]:
         return [iid for iid, _ in self.table["stages"].get(stage, [])]

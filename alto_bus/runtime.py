@@ -28,6 +28,7 @@ import zmq.asyncio
 
 from alto_bus import wire
 from alto_bus.control import ControlLink
+from alto_bus.hashring import KeyTable
 from alto_bus.routing import LoadView, pow2_choice
 from alto_bus.sockets import advertised, bound_address, make_socket
 from alto_bus.stage import FunctionStage, StageLogic, describe
@@ -40,7 +41,11 @@ GATEWAY = 0  # destination id of the gateway's results inbox
 # Kind name -> "module:builder"; alto_bus loads worker kinds by name only.
 KIND_BUILDERS = {
     "function": "workers.function:build_stage",
+    "aggregate": "workers.aggregate_stage:build_stage",
 }
+
+# Ids of requests that ended early, remembered so their late items are skipped.
+CANCELLED_MEMORY = 100_000
 
 
 class WorkerError(RuntimeError):
@@ -112,6 +117,12 @@ class Worker:
         self._blocked: set[int] = set()
         self._next_ids: list[int] = []
         self._table: dict[str, Any] = {"epoch": 0, "stages": {}}
+        self._tables: dict[int, dict[str, Any]] = {}     # epoch -> table, epochs still in flight
+        self._keys: dict[int, KeyTable] = {}              # epoch -> key table of the next stage
+        self._addresses: dict[int, str] = {}              # every next-stage instance of a live epoch
+        self._dead: set[int] = set()
+        self._next_key_depth: int | None = None
+        self._cancelled: dict[int, None] = {}
         self._results_addr: str | None = None
         self._parked: list[tuple[list, list]] = []
         self._sticky: dict[tuple, int] = {}
@@ -174,6 +185,8 @@ class Worker:
             self._control.send("hello", {"stage": self.stage, "pid": os.getpid(), "host": socket.gethostname()})
             welcome = await self._expect("welcome", f"the broker at {self.broker} did not answer")
             self.config = StageConfig.from_dict(welcome["config"])
+            if welcome.get("next"):
+                self._next_key_depth = StageConfig.from_dict(welcome["next"]).key_depth
             self._results_addr = welcome["results"]
             self.logic = self._build_logic(self.config)
             self.logic.bind(self)
@@ -235,6 +248,9 @@ class Worker:
             self._apply_table(body)
         elif op == "loads":
             self.loads.update({int(k): int(v) for k, v in body.get("loads", {}).items()})
+            self._forget_epochs_before(int(body.get("oldest", 0)))
+        elif op == "cancel":
+            self._cancel(body.get("rids", []))
         elif op == "shutdown":
             self._begin_stop(drain=False)
         elif op == "broker_lost":
@@ -269,28 +285,56 @@ class Worker:
     # -- routing tables ----------------------------------------------------------------
 
     def _apply_table(self, table: dict) -> None:
+        epoch = int(table["epoch"])
         self._table = table
+        self._tables[epoch] = table
         self._results_addr = table.get("results", self._results_addr)
+        self._dead.update(int(i) for i in table.get("dead", ()))
         nxt = self.config.next if self.config else None
-        entries = table["stages"].get(nxt, []) if nxt else []
-        live = {int(iid): addr for iid, addr in entries}
-        self._next_ids = list(live)
-        for dest in [d for d in self._outs if d != GATEWAY and d not in live]:
-            self._drop_outbox(dest, "left the routing table")
-        self._sticky = {p: d for p, d in self._sticky.items() if d in live or d == GATEWAY}
+        self._next_ids = [int(iid) for iid, _ in table["stages"].get(nxt, [])] if nxt else []
+        keys = table.get("keys", {}).get(nxt) if nxt else None
+        if keys is not None:
+            self._keys[epoch] = KeyTable.from_dict(keys)
+        self._refresh_addresses()
         if self._parked and (self._next_ids or nxt is None):
             parked, self._parked = self._parked, []
             for msg, path in parked:
                 self._route(msg, path)
             self._flush_all()
 
+    def _forget_epochs_before(self, oldest: int) -> None:
+        """Tables of epochs no request in flight uses any more are dropped."""
+        current = int(self._table["epoch"])
+        stale = [e for e in self._tables if e < oldest and e != current]
+        if stale:
+            for e in stale:
+                del self._tables[e]
+                self._keys.pop(e, None)
+            self._refresh_addresses()
+
+    def _refresh_addresses(self) -> None:
+        nxt = self.config.next if self.config else None
+        live: dict[int, str] = {}
+        for table in self._tables.values():
+            for iid, addr in table["stages"].get(nxt, []) if nxt else []:
+                if int(iid) not in self._dead:
+                    live[int(iid)] = addr
+        self._addresses = live
+        for dest in [d for d in self._outs if d != GATEWAY and d not in live]:
+            self._drop_outbox(dest, "died" if dest in self._dead else "left the routing table")
+        self._sticky = {p: d for p, d in self._sticky.items() if d in live or d == GATEWAY}
+
     def _address_of(self, dest: int) -> str:
-        if dest == GATEWAY:
-            return self._results_addr
-        for iid, addr in self._table["stages"].get(self.config.next, []):
-            if int(iid) == dest:
-                return addr
-        raise KeyError(dest)
+        return self._results_addr if dest == GATEWAY else self._addresses[dest]
+
+    def _cancel(self, rids: list[int]) -> None:
+        cancelled = self._cancelled
+        for rid in rids:
+            cancelled[rid] = None
+        while len(cancelled) > CANCELLED_MEMORY:
+            del cancelled[next(iter(cancelled))]
+        if self.logic is not None:
+            self.logic.cancel(set(rids))
 
     def _outbox(self, dest: int) -> Outbox:
         out = self._outs.get(dest)
@@ -357,6 +401,13 @@ class Worker:
         if nxt is None:
             dest = GATEWAY
         else:
+            kd = self._next_key_depth
+            if kd is not None and len(path) >= kd:
+                dest = self._key_owner(msg, path, kd)
+                if dest is None:
+                    return
+                self._send(self._outbox(dest), msg, nxt)
+                return
             ids = self._next_ids
             if not ids:
                 self._parked.append((msg, path))
@@ -372,6 +423,30 @@ class Worker:
                 dest = pow2_choice(ids, self.loads, self.rng)
             self.loads.note_sent(dest)
         self._send(self._outbox(dest), msg, nxt or self.stage)
+
+    def _key_owner(self, msg: list, path: list, kd: int) -> int | None:
+        """The owner of this item's group in the request's epoch (None: parked or failed)."""
+        epoch = msg[-1]
+        table = self._keys.get(epoch)
+        if table is None:
+            if epoch > self._table["epoch"] or not self._keys:
+                self._parked.append((msg, path))  # that epoch's table is on its way
+                if len(self._parked) > 100_000:
+                    self._fail_parked()
+            else:
+                self.error(path[:1], f"no key table for epoch {epoch} of stage {self.config.next!r}", epoch)
+            return None
+        dest = table.owner(tuple(path[:kd]))
+        if dest in self._dead:
+            self.error(path[:1], f"instance {dest} of stage {self.config.next!r}, owner of group "
+                                 f"{path[1:kd]} in epoch {epoch}, died", epoch)
+            return None
+        return dest
+
+    def _fail_parked(self) -> None:
+        parked, self._parked = self._parked, []
+        for rid in {p[0] for _, p in parked}:
+            self.error([rid], f"stage {self.config.next!r} has no routing table for this request", 0)
 
     def _send(self, out: Outbox, msg: list, stage: str) -> None:
         batch = out.batches.get(stage)
@@ -479,11 +554,14 @@ class Worker:
             self._bad(f"frame for stage {stage!r} reached an instance of {self.stage!r}")
             return
         logic = self.logic
+        cancelled = self._cancelled
         for msg in msgs:
             try:
                 kind = wire.check_message(msg)
             except wire.WireError as exc:
                 self._bad(str(exc))
+                continue
+            if cancelled and msg[1][0] in cancelled:
                 continue
             try:
                 if kind == wire.DATA:

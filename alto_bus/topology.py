@@ -54,7 +54,16 @@ KIND_FIELDS: dict[str, dict[str, tuple[tuple[type, ...], Any]]] = {
         "options": ((dict,), None),      # when given, handler is a factory called with them
         "fanout": ((bool,), None),       # default: a generator handler fans out
     },
+    "aggregate": {
+        "key": ((str,), _MISSING),       # "request", or the upstream stage whose items are groups
+        "op": ((str,), _MISSING),        # collect, count, sum, all, any, top_k, filter, module:function
+        "options": ((dict,), None),      # the operator's options (k, score, field, where, ...)
+        "eps": ((int, float), 0.25),     # bounded load: skip instances over (1 + eps) x mean
+    },
 }
+
+# The aggregate kind's operators live with the worker kinds; loaded by name.
+MAKE_OPERATOR = "workers.aggregate:make_operator"
 
 
 @dataclass(frozen=True)
@@ -198,7 +207,24 @@ def _stage(raw: Any, index: int, source: str, check_handlers: bool) -> StageConf
     fans_out = False
     if kind == "function":
         fans_out = _function_fans_out(values, label, check_handlers)
+    elif kind == "aggregate":
+        _check_aggregate(values, common, label)
     return StageConfig(**common, fields=values, fans_out=fans_out)
+
+
+def _check_aggregate(values: dict, common: dict, label: str) -> None:
+    if common["input"] is None:
+        raise TopologyError(f"{label}: field 'input': an aggregate stage needs an input stage")
+    if values["eps"] < 0:
+        raise TopologyError(f"{label}: field 'eps' must be >= 0, got {values['eps']}")
+    try:
+        op = import_object(MAKE_OPERATOR)(values["op"], values["options"] or {})
+    except ImportError as exc:
+        raise TopologyError(f"{label}: field 'op': {exc}") from None
+    except ValueError as exc:
+        field = "options" if values["options"] and "option" in str(exc) else "op"
+        raise TopologyError(f"{label}: field '{field}': {exc}") from None
+    values["per_item"] = bool(op.per_item)
 
 
 def _function_fans_out(values: dict, label: str, check_handlers: bool) -> bool:
@@ -245,23 +271,37 @@ def _chain(stages: list[StageConfig], source: str) -> list[StageConfig]:
                             "the entry stage has no 'input'")
     if len(entries) > 1:
         raise TopologyError(f"{source}: stages {entries} have no 'input'; exactly one stage takes client requests")
-    ordered = []
+    ordered: list[tuple[StageConfig, int, int | None]] = []
+    depth_of: dict[str, int] = {}
     name: str | None = entries[0]
     depth = 1
     while name is not None:
         s = by_name[name]
-        if s.fans_out:
+        key_depth = None
+        if s.kind == "aggregate" and not s.fields.get("per_item"):
+            key = s.fields["key"]
+            if key == "request":
+                key_depth = 1
+            elif key in depth_of:
+                key_depth = depth_of[key]
+            else:
+                upstream = ", ".join(["request", *depth_of]) or "request"
+                raise TopologyError(f"{source}: stage {s.name!r}: field 'key': {key!r} is not 'request' or a "
+                                    f"stage upstream of {s.name!r} (choose from: {upstream})")
+            depth = key_depth  # one item per group, with the group's path
+        elif s.fans_out:
             depth += 1
-        ordered.append((s, depth))
+        depth_of[s.name] = depth
+        ordered.append((s, depth, key_depth))
         name = consumer.get(name)
     if len(ordered) != len(stages):
-        stray = sorted(set(by_name) - {s.name for s, _ in ordered})
+        stray = sorted(set(by_name) - {s.name for s, _, _ in ordered})
         raise TopologyError(f"{source}: stage {stray[0]!r}: field 'input': it is not reachable from the entry "
                             f"stage {entries[0]!r} (the stages {stray} form a cycle)")
     out = []
-    for i, (s, d) in enumerate(ordered):
+    for i, (s, d, kd) in enumerate(ordered):
         nxt = ordered[i + 1][0].name if i + 1 < len(ordered) else None
-        out.append(_replace(s, next=nxt, out_depth=d))
+        out.append(_replace(s, next=nxt, out_depth=d, key_depth=kd))
     return out
 
 

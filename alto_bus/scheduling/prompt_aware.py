@@ -3,39 +3,40 @@
 A round, in the broker:
 
 1. Demand of each prompt in token-work per second (prompt tokens computed, i.e. not
-   served by the prefix cache, plus decoded tokens), summed over the instances.
+   served by the prefix cache, plus decoded tokens), summed over the instances and
+   smoothed over rounds (``smoothing`` is the weight of the newest round).
 2. Its fair share of the pool, ``k = n_instances * demand / total``, sets how many
    instances it gets (at least one). Hysteresis: the count changes only when ``k`` is
-   ``resize_margin`` or more away from the current count, so noise moves nothing.
-3. Instances are chosen starting from the previous placement (prefixes are warm there).
+   ``resize_margin`` or more away from the current count, and a prompt that grew (or
+   spilled) in the last ``cooldown`` rounds does not shrink.
+3. Instances are chosen starting from the previous placement, where prefixes are warm.
+   Where senders spilled (see ``choose``), the instance joins the prompt's placement.
    A prompt that grows takes the least loaded instance, or a warm one (it reported
-   prefix hits for the prompt, or held it last round) when that is nearly as light.
-   A prompt that shrinks gives up its most loaded instance, but keeps an instance it
-   alone uses unless another prompt takes it, so no instance sits idle. An instance
-   that serves nothing (it joined, or the first round) goes to the prompt with the
-   highest load per instance. Where senders spilled (see ``choose``), the instance is
-   added to the prompt's placement.
+   prefix hits for the prompt, or held it last round) if that is nearly as light. A
+   prompt that shrinks gives up its most loaded instance, unless that would overload
+   the rest, and keeps an instance only it uses unless another prompt takes it. An
+   instance serving nothing goes to the prompt with the most load per instance.
 4. Projected loads assume senders balance each prompt over its instances, which they
-   do (least-loaded among the placed): a water-filling of each prompt's demand over
-   its instances, iterated to a fixed point. While the most loaded instance is above
-   ``(1 + imbalance)`` times the mean, the one move or one extra instance that lowers
-   the peak most is applied, up to ``max_moves`` a round and only if it gains at least
-   ``min_gain`` of the mean.
+   do (least-loaded among the placed): each prompt's demand is water-filled over its
+   instances, iterated to a fixed point. While the most loaded instance is over
+   ``(1 + imbalance)`` times the mean, the one move (or one extra instance for a
+   prompt) that lowers the peak most is applied, at most ``max_moves`` a round and only
+   if it gains at least ``min_gain`` of the mean.
 
-Per request, in senders: the least-loaded placed instance; when even that one is busier
-than ``spill_floor + spill_ratio * (least-loaded other instance)``, the request spills
-to that other instance and the spill is counted for the next round.
+Per request, in senders: the least-loaded placed instance; when even that one is
+busier than ``spill_floor + spill_ratio * (least-loaded other instance)``, the request
+spills to that other instance and the spill is counted for the next round.
 
-The same ideas as Preble's exploit/explore and SGLang's cache-aware router (prefer the
-instance holding the prefix unless load is too uneven), moved from per request to a
-per-prompt placement a broker publishes, because here the prompts are few, long and
-known in advance.
+Preble's exploit/explore and SGLang's cache-aware router make the same trade (stay
+where the prefix is unless load is too uneven) per request; here the prompts are few,
+long and known in advance, so the broker decides per prompt and publishes it.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from .base import (
@@ -52,24 +53,46 @@ from .base import (
 Sets = dict[Prompt, list[InstanceId]]
 
 
+@dataclass
+class _Round:
+    """What one ``place`` call works on: the pool, the demand and the sets it edits."""
+
+    pool: list[InstanceId]
+    rank: dict[InstanceId, int]
+    demand: dict[Prompt, float]
+    warm: dict[Prompt, set[InstanceId]]
+    sets: Sets
+    notes: dict[Prompt, list[str]]
+    mean: float
+
+    def project(self, sets: Sets | None = None) -> tuple[dict[InstanceId, float], Shares]:
+        return project(self.sets if sets is None else sets, self.demand, self.pool)
+
+    def hosted(self, inst: InstanceId) -> int:
+        return sum(inst in s for s in self.sets.values())
+
+    def lightest_first(self, p: Prompt, loads: Mapping[InstanceId, float]) -> list[InstanceId]:
+        """Instances ``p`` is not on, lightest first; ties go to the one with fewer prompts."""
+        return sorted((i for i in self.pool if i not in self.sets[p]),
+                      key=lambda i: (loads[i], self.hosted(i), self.rank[i]))
+
+
 class PromptAware(Policy):
     name = "prompt-aware"
 
     def __init__(self, *, smoothing: float = 0.5, resize_margin: float = 0.75,
-                 cooldown: int = 5, imbalance: float = 0.25, min_gain: float = 0.05,
+                 cooldown: int = 15, imbalance: float = 0.25, min_gain: float = 0.05,
                  max_moves: int = 4, min_spills: int = 3, warm_slack: float = 0.15,
-                 spill_floor: float = 8.0, spill_ratio: float = 1.5) -> None:
+                 spill_floor: float = 16.0, spill_ratio: float = 2.0) -> None:
         super().__init__()
         if not 0 < smoothing <= 1:
             raise ValueError(f"smoothing must be in (0, 1], got {smoothing}")
-        if cooldown < 0:
-            raise ValueError(f"cooldown must be >= 0 rounds, got {cooldown}")
         if not 0.5 <= resize_margin <= 4:
             raise ValueError(f"resize_margin must be in [0.5, 4], got {resize_margin}")
+        if cooldown < 0 or max_moves < 0 or min_spills < 1:
+            raise ValueError("cooldown and max_moves must be >= 0, min_spills >= 1")
         if imbalance < 0 or min_gain <= 0 or warm_slack < 0:
-            raise ValueError("imbalance and warm_slack must be >= 0 and min_gain > 0")
-        if max_moves < 0 or min_spills < 1:
-            raise ValueError("max_moves must be >= 0 and min_spills >= 1")
+            raise ValueError("imbalance and warm_slack must be >= 0, min_gain > 0")
         if spill_floor < 0 or spill_ratio < 1:
             raise ValueError("spill_floor must be >= 0 and spill_ratio >= 1")
         self.smoothing = smoothing
@@ -82,15 +105,14 @@ class PromptAware(Policy):
         self.warm_slack = warm_slack
         self.spill_floor = spill_floor
         self.spill_ratio = spill_ratio
-        # Broker-side memory across rounds: smoothed demand, and when each prompt last grew.
+        # Broker-side memory across rounds: smoothed demand, the round each prompt last grew.
         self._demand: dict[Prompt, float] = {}
         self._grew: dict[Prompt, int] = {}
 
     def params(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in (
             "smoothing", "resize_margin", "cooldown", "imbalance", "min_gain", "max_moves",
-            "min_spills",
-            "warm_slack", "spill_floor", "spill_ratio")}
+            "min_spills", "warm_slack", "spill_floor", "spill_ratio")}
 
     # -- per request (senders) -------------------------------------------------------
 
@@ -105,8 +127,8 @@ class PromptAware(Policy):
                 best, best_load = inst, load
         if best_load <= self.spill_floor:
             return best  # the common case: a placed instance has room
-        # Spill only to an instance that is clearly lighter, or locality is lost for
-        # nothing; the threshold rewritten as a bound on the other instance's load.
+        # Spill only to a clearly lighter instance, or locality is lost for nothing.
+        # The rule, solved for the other instance's load:
         bound = (best_load - self.spill_floor) / self.spill_ratio
         other = None
         for inst, load in loads.items():
@@ -122,34 +144,36 @@ class PromptAware(Policy):
     def place(self, inp: RoundInput) -> Placement:
         pool = check_pool(inp.instances)
         n = len(pool)
+        rank = {i: k for k, i in enumerate(pool)}
         prompts = inp.all_prompts()
         demand = self._smooth(inp.demand(), prompts)
-        rnd = (inp.previous.round if inp.previous is not None else 0) + 1
         total = sum(demand.values())
-        mean = total / n
-        share = {p: (n * demand[p] / total if total > 0 else 0.0) for p in prompts}
+        rnd = (inp.previous.round if inp.previous is not None else 0) + 1
         prev = dict(inp.previous.prompts) if inp.previous is not None else {}
-        notes: dict[Prompt, list[str]] = {p: [] for p in prompts}
-        warm = _warm_sets(inp, prompts, pool)
-        rank = {i: k for k, i in enumerate(pool)}
-
-        sets: Sets = {p: [i for i in prev.get(p, ()) if i in rank] for p in prompts}
+        r = _Round(pool=pool, rank=rank, demand=demand, warm=_warm_sets(inp, prompts, rank),
+                   sets={p: [i for i in prev.get(p, ()) if i in rank] for p in prompts},
+                   notes={p: [] for p in prompts}, mean=total / n)
         for p in prompts:
             gone = [i for i in prev.get(p, ()) if i not in rank]
             if gone:
-                notes[p].append(f"{', '.join(gone)} left the pool")
+                r.notes[p].append(f"{', '.join(gone)} left the pool")
 
-        # Spills: senders found every placed instance busy, so the prompt needs more.
+        # Spills: senders found every placed instance busy, so the prompt needs more;
+        # while it keeps spilling it does not shrink either.
         for p in prompts:
             for inst, count in sorted(inp.spills.get(p, {}).items()):
-                if count >= self.min_spills and inst in rank and inst not in sets[p]:
-                    sets[p].append(inst)
-                    notes[p].append(f"added {inst}: {count} requests spilled there "
-                                    f"(all its instances were over the load threshold)")
+                if count < self.min_spills or inst not in rank:
+                    continue
+                self._grew[p] = rnd
+                if inst not in r.sets[p]:
+                    r.sets[p].append(inst)
+                    r.notes[p].append(f"added {inst}: {count} requests spilled there "
+                                      f"(all its instances were over the load threshold)")
 
         target = {}
         for p in prompts:
-            have, k = len(sets[p]), share[p]
+            have = len(r.sets[p])
+            k = n * demand[p] / total if total > 0 else 0.0
             want = min(n, max(1, _round(k)))
             if have and abs(k - have) < self.resize_margin:
                 want = have
@@ -158,32 +182,32 @@ class PromptAware(Policy):
             target[p] = want
             if want != have or not prev.get(p):
                 was = f" (was {have})" if have else ""
-                notes[p].insert(0, f"demand {demand[p]:,.0f} tok/s = "
-                                   f"{demand[p] / total if total else 0:.0%} of pool "
-                                   f"-> {want} instance{'s' * (want != 1)}{was}")
+                r.notes[p].insert(0, f"demand {demand[p]:,.0f} tok/s = "
+                                     f"{demand[p] / total if total else 0:.0%} of pool "
+                                     f"-> {want} instance{'s' * (want != 1)}{was}")
 
-        by_demand = sorted(prompts, key=lambda p: (-demand[p], p))
-        freed = self._shrink(sets, target, demand, pool, notes)
-        self._grow(sets, target, demand, pool, warm, mean, by_demand, notes)
+        freed = self._shrink(r, target)
+        for p in sorted(prompts, key=lambda q: (-demand[q], q)):
+            self._grow(r, p, target[p])
         for inst, p in freed.items():  # nobody took it: the prompt keeps it
-            if not any(inst in s for s in sets.values()):
-                sets[p].append(inst)
-                notes[p] = [x for x in notes[p] if not x.startswith(f"removed {inst}")]
-        self._fill(sets, demand, pool, warm, notes)
-        self._rebalance(sets, demand, pool, warm, mean, notes)
+            if not r.hosted(inst):
+                r.sets[p].append(inst)
+                r.notes[p] = [x for x in r.notes[p] if not x.startswith(f"removed {inst} ")]
+        self._fill(r)
+        self._rebalance(r)
 
         decisions = []
         for p in prompts:
-            sets[p].sort(key=rank.__getitem__)
+            r.sets[p].sort(key=rank.__getitem__)
             before = set(prev.get(p, ()))
-            added = tuple(i for i in sets[p] if i not in before)
-            removed = tuple(sorted(before - set(sets[p])))
-            if len(sets[p]) > len(before & set(pool)):
+            added = tuple(i for i in r.sets[p] if i not in before)
+            removed = tuple(sorted(before - set(r.sets[p])))
+            if before and len(r.sets[p]) > len(before & set(pool)):
                 self._grew[p] = rnd
             if added or removed:
                 decisions.append(Decision(p, added, removed,
-                                          f"prompt {p}: " + "; ".join(notes[p])))
-        return self._placement(sets, decisions, inp)
+                                          f"prompt {p}: " + "; ".join(r.notes[p])))
+        return self._placement(r.sets, decisions, inp)
 
     def _smooth(self, fresh: Mapping[Prompt, float], prompts: list[Prompt]) -> dict[Prompt, float]:
         """Exponentially weighted demand: one bursty second should not move anything."""
@@ -196,117 +220,105 @@ class PromptAware(Policy):
         self._demand = out
         return dict(out)
 
-    def _shrink(self, sets: Sets, target: Mapping[Prompt, int], demand: Mapping[Prompt, float],
-                pool: list[InstanceId], notes: dict[Prompt, list[str]]) -> dict[InstanceId, Prompt]:
-        """Drop the most loaded instances of prompts over their count; an instance that
-        would be left with nothing is only lent out (returned if nobody takes it)."""
+    def _shrink(self, r: _Round, target: Mapping[Prompt, int]) -> dict[InstanceId, Prompt]:
+        """Drop the most loaded instances of prompts over their count. A removal that
+        would lift the peak over the rebalancing trigger is skipped (the rebalancer would
+        add it back); an instance left with nothing is only lent out."""
         freed: dict[InstanceId, Prompt] = {}
-        for p in sorted(sets):
-            while len(sets[p]) > target[p]:
-                loads, _ = project(sets, demand, pool)
-                inst = max(sets[p], key=lambda i: (loads[i], pool.index(i)))
-                sets[p].remove(inst)
-                if not any(inst in s for s in sets.values()):
+        limit = (1 + self.imbalance) * r.mean
+        for p in sorted(r.sets):
+            while len(r.sets[p]) > target[p]:
+                loads, _ = r.project()
+                inst = max(r.sets[p], key=lambda i: (loads[i], r.rank[i]))
+                trial = dict(r.sets)
+                trial[p] = [i for i in r.sets[p] if i != inst]
+                after, _ = r.project(trial)
+                if max(after.values()) > max(limit, max(loads.values())):
+                    break
+                r.sets[p].remove(inst)
+                if not r.hosted(inst):
                     freed[inst] = p
-                notes[p].append(f"removed {inst} (most loaded of its instances)")
+                r.notes[p].append(f"removed {inst} (most loaded of its instances)")
         return freed
 
-    def _grow(self, sets: Sets, target: Mapping[Prompt, int], demand: Mapping[Prompt, float],
-              pool: list[InstanceId], warm: Mapping[Prompt, set[InstanceId]], mean: float,
-              by_demand: list[Prompt], notes: dict[Prompt, list[str]]) -> None:
-        for p in by_demand:
-            while len(sets[p]) < target[p]:
-                loads, _ = project(sets, demand, pool)
-                inst, why = self._pick(p, sets, loads, pool, warm, mean)
-                sets[p].append(inst)
-                notes[p].append(f"added {inst} ({why})")
+    def _grow(self, r: _Round, p: Prompt, want: int) -> None:
+        while len(r.sets[p]) < want:
+            loads, _ = r.project()
+            free = r.lightest_first(p, loads)
+            inst, why = free[0], "least loaded, no warm prefix"
+            for i in free:
+                if i in r.warm[p] and loads[i] <= loads[free[0]] + self.warm_slack * r.mean:
+                    inst = i
+                    why = "warm prefix, " + ("" if i == free[0] else "nearly ") + "least loaded"
+                    break
+            r.sets[p].append(inst)
+            r.notes[p].append(f"added {inst} ({why})")
 
-    def _fill(self, sets: Sets, demand: Mapping[Prompt, float], pool: list[InstanceId],
-              warm: Mapping[Prompt, set[InstanceId]], notes: dict[Prompt, list[str]]) -> None:
+    def _fill(self, r: _Round) -> None:
         """Give every idle instance to the prompt with the most load per instance."""
-        if not sets:
+        if not r.sets:
             return
-        for inst in pool:
-            if any(inst in s for s in sets.values()):
+        for inst in r.pool:
+            if r.hosted(inst):
                 continue
-            p = max(sets, key=lambda q: (demand[q] / max(1, len(sets[q])), inst in warm[q],
-                                         -len(sets[q]), q))
-            sets[p].append(inst)
-            notes[p].append(f"added {inst} (it served no prompt; {p} has the most "
-                            f"load per instance)")
+            p = max(r.sets, key=lambda q: (r.demand[q] / max(1, len(r.sets[q])),
+                                           inst in r.warm[q], -len(r.sets[q]), q))
+            r.sets[p].append(inst)
+            r.notes[p].append(f"added {inst} (it served no prompt; {p} has the most "
+                              f"load per instance)")
 
-    def _rebalance(self, sets: Sets, demand: Mapping[Prompt, float], pool: list[InstanceId],
-                   warm: Mapping[Prompt, set[InstanceId]], mean: float,
-                   notes: dict[Prompt, list[str]]) -> None:
-        if mean <= 0:
+    def _rebalance(self, r: _Round) -> None:
+        if r.mean <= 0:
             return
         for _ in range(self.max_moves):
-            loads, share = project(sets, demand, pool)
+            loads, share = r.project()
             peak = max(loads.values())
-            if peak <= (1 + self.imbalance) * mean:
+            if peak <= (1 + self.imbalance) * r.mean:
                 return
-            hot = max(pool, key=lambda i: (loads[i], -pool.index(i)))
+            hot = max(r.pool, key=lambda i: (loads[i], -r.rank[i]))
             best = None
-            for p in sorted(sets):
-                if hot not in sets[p] or share.get(p, {}).get(hot, 0.0) <= 0:
+            for p in sorted(r.sets):
+                if share.get(p, {}).get(hot, 0.0) <= 0:
                     continue
-                alone = all(hot not in s for q, s in sets.items() if q != p)
-                for dst in self._targets(p, sets, loads, pool, warm):
-                    moves = [("grow", dst)] if alone else [("move", dst), ("grow", dst)]
-                    for kind, dst_ in moves:
-                        trial = {q: list(s) for q, s in sets.items()}
-                        trial[p].append(dst_)
+                alone = r.hosted(hot) == 1  # moving its only prompt just relabels it
+                free = r.lightest_first(p, loads)
+                dsts = free[:1] + [i for i in free[1:] if i in r.warm[p]][:1]
+                for dst in dsts:
+                    for kind in ("grow",) if alone else ("move", "grow"):
+                        trial = {q: list(s) for q, s in r.sets.items()}
+                        trial[p].append(dst)
                         if kind == "move":
                             trial[p].remove(hot)
-                        new, _ = project(trial, demand, pool)
-                        score = (round(max(new.values()) / mean, 2), kind == "grow",
-                                 dst_ not in warm[p], sum(v * v for v in new.values()))
+                        new, _ = r.project(trial)
+                        new_peak = max(new.values())
+                        # Lowest peak first; then fewer instances, warm, evener loads.
+                        score = (round(new_peak / r.mean, 2), kind == "grow",
+                                 dst not in r.warm[p], sum(v * v for v in new.values()))
                         if best is None or score < best[0]:
-                            best = (score, p, kind, dst_, max(new.values()))
-            if best is None or best[4] > peak - self.min_gain * mean:
+                            best = (score, p, kind, dst, new_peak)
+            if best is None or best[4] > peak - self.min_gain * r.mean:
                 return
             _, p, kind, dst, new_peak = best
-            sets[p].append(dst)
+            r.sets[p].append(dst)
+            gain = f"peak {peak / r.mean:.2f}x -> {new_peak / r.mean:.2f}x mean"
+            if dst in r.warm[p]:
+                gain += f"; {dst} has a warm prefix"
             if kind == "move":
-                sets[p].remove(hot)
-                notes[p].append(f"moved {hot} -> {dst} to even out load "
-                                f"(peak {peak / mean:.2f}x -> {new_peak / mean:.2f}x mean)")
+                r.sets[p].remove(hot)
+                r.notes[p].append(f"moved {hot} -> {dst} to even out load ({gain})")
             else:
-                notes[p].append(f"added {dst} to share {hot}'s load "
-                                f"(peak {peak / mean:.2f}x -> {new_peak / mean:.2f}x mean)")
-
-    def _targets(self, p: Prompt, sets: Sets, loads: Mapping[InstanceId, float],
-                 pool: list[InstanceId], warm: Mapping[Prompt, set[InstanceId]]) -> list[InstanceId]:
-        """Where ``p`` could go: the lightest instance it is not on, and the lightest warm one."""
-        free = sorted((i for i in pool if i not in sets[p]), key=lambda i: (loads[i], pool.index(i)))
-        out = free[:1]
-        for i in free:
-            if i in warm[p]:
-                if i not in out:
-                    out.append(i)
-                break
-        return out
-
-    def _pick(self, p: Prompt, sets: Sets, loads: Mapping[InstanceId, float],
-              pool: list[InstanceId], warm: Mapping[Prompt, set[InstanceId]],
-              mean: float) -> tuple[InstanceId, str]:
-        free = sorted((i for i in pool if i not in sets[p]), key=lambda i: (loads[i], pool.index(i)))
-        lightest = free[0]
-        for i in free:
-            if i in warm[p] and loads[i] <= loads[lightest] + self.warm_slack * mean:
-                return i, "warm prefix" + (", least loaded" if i == lightest else ", nearly least loaded")
-        return lightest, "least loaded, no warm prefix"
+                r.notes[p].append(f"added {dst} to share {hot}'s load ({gain})")
 
 
 def _round(x: float) -> int:
     return int(math.floor(x + 0.5))  # half up, unlike round()'s half-to-even
 
 
-def _warm_sets(inp: RoundInput, prompts: list[Prompt], pool: list[InstanceId]) -> dict[Prompt, set[InstanceId]]:
+def _warm_sets(inp: RoundInput, prompts: list[Prompt],
+               live: Mapping[InstanceId, int]) -> dict[Prompt, set[InstanceId]]:
     """Instances likely to hold each prompt's prefix: placed there last round, or reporting
     prefix hits for it over the last interval."""
-    live = set(pool)
-    warm = {p: set() for p in prompts}
+    warm: dict[Prompt, set[InstanceId]] = {p: set() for p in prompts}
     if inp.previous is not None:
         for p, ids in inp.previous.prompts.items():
             if p in warm:
@@ -319,16 +331,18 @@ def _warm_sets(inp: RoundInput, prompts: list[Prompt], pool: list[InstanceId]) -
     return warm
 
 
+Shares = dict[Prompt, dict[InstanceId, float]]
+
+
 def project(sets: Mapping[Prompt, list[InstanceId]], demand: Mapping[Prompt, float],
-            pool: list[InstanceId], iters: int = 60) -> tuple[dict[InstanceId, float],
-                                                              dict[Prompt, dict[InstanceId, float]]]:
+            pool: list[InstanceId], iters: int = 60) -> tuple[dict[InstanceId, float], Shares]:
     """Load per instance if senders balance each prompt over its instances.
 
     Each prompt's demand is water-filled over its instances given everyone else's, in
     turn, until nothing moves (block coordinate descent on the sum of squared loads,
-    which is what least-loaded choice converges to). Returns (loads, per-prompt shares).
+    the balance least-loaded choice tends to). Returns (loads, per-prompt shares).
     """
-    share: dict[Prompt, dict[InstanceId, float]] = {}
+    share: Shares = {}
     loads = dict.fromkeys(pool, 0.0)
     for p, ids in sets.items():
         if ids and demand.get(p, 0.0) > 0:
@@ -343,8 +357,7 @@ def project(sets: Mapping[Prompt, list[InstanceId]], demand: Mapping[Prompt, flo
         for p in multi:
             mine = share[p]
             base = {i: loads[i] - mine[i] for i in mine}
-            new = _water_fill(base, demand[p])
-            for i, x in new.items():
+            for i, x in _water_fill(base, demand[p]).items():
                 moved += abs(x - mine[i])
                 mine[i] = x
                 loads[i] = base[i] + x
@@ -354,12 +367,12 @@ def project(sets: Mapping[Prompt, list[InstanceId]], demand: Mapping[Prompt, flo
 
 
 def _water_fill(base: Mapping[InstanceId, float], amount: float) -> dict[InstanceId, float]:
-    """Pour ``amount`` over instances at levels ``base``, filling the lowest first."""
-    items = sorted(base.items(), key=lambda kv: kv[1])
+    """Pour ``amount`` over instances standing at ``base``, lowest first."""
+    levels = sorted(base.values())
     level, acc = 0.0, 0.0
-    for k, (_, b) in enumerate(items):
+    for k, b in enumerate(levels):
         acc += b
         level = (amount + acc) / (k + 1)
-        if k + 1 == len(items) or level <= items[k + 1][1]:
+        if k + 1 == len(levels) or level <= levels[k + 1]:
             break
     return {i: max(0.0, level - b) for i, b in base.items()}

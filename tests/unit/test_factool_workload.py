@@ -220,3 +220,39 @@ def test_verdict_counts_missing_verdicts_as_factual_and_keeps_path_order():
                                           "claims": []}
     pairs = [([7, 1, 0], items[2]), ([7, 0, 1], items[1]), ([7, 0, 0], items[0])]
     assert handlers.build_verdict(pairs) == res
+
+
+def test_glue_runs_as_aggregate_callables():
+    # The aggregate stage calls f(payloads) or f(payloads, group_path) by arity: the glue
+    # must take the one-argument form.
+    aggregate = pytest.importorskip("workers.aggregate")
+    agg = aggregate.Aggregator(3, aggregate.make_operator(
+        "workers.factool.handlers:build_verify_input"))
+    out = agg.data((5, 0, 1, 1), {"claim": "C.", "query": "b", "passages": [_p("x", 1.0)]})
+    out += agg.data((5, 0, 1, 0), {"claim": "C.", "query": "a", "passages": [_p("y", 2.0)]})
+    out += agg.end((5, 0, 1), 2)
+    assert out == [((5, 0, 1), handlers.build_verify_input(
+        [{"claim": "C.", "passages": [_p("x", 1.0), _p("y", 2.0)]}]))]
+    verdict = aggregate.make_operator("workers.factool.handlers:build_verdict")
+    assert verdict.group([], (5,))["factual"] is True
+
+
+def test_streaming_splitters_agree_with_the_reference_rules(default):
+    # The pipeline splits LM streams with workers.lm.splitters; the reference's results
+    # hold only if both split every scripted output the same way, however it is chunked.
+    splitters = pytest.importorskip("workers.lm.splitters")
+    rng = random.Random(3)
+
+    def stream(kind: str, text: str) -> list[str]:
+        sp, out, i = splitters.make_splitter(kind), [], 0
+        while i < len(text):
+            n = rng.randint(1, 12)
+            out += sp.feed(text[i:i + n])
+            i += n
+        return [s.strip() for s in out + sp.finish()]
+
+    for answer in default.script["answer"].values():
+        assert stream("sentences", answer) == split_sentences(answer)
+    for prompt in ("claims", "queries"):
+        for text in default.script[prompt].values():
+            assert stream("lines", text) == split_lines(text)

@@ -1,0 +1,74 @@
+"""The ``aggregate`` stage kind: the runtime side of :class:`workers.aggregate.Aggregator`.
+
+The runtime routes every item of one group to this instance (keyed routing on
+``path[:key_depth]`` in the request's epoch); this adapter feeds the aggregator the
+DATA/END/DROP it receives and emits one item per completed group, with the group's
+path, so aggregations nest. Markers above the key depth are forwarded unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from alto_bus.stage import StageLogic
+from alto_bus.topology import StageConfig
+from alto_bus.wire import join_chunks
+from workers.aggregate import DROPPED, AggregateError, Aggregator, make_operator
+
+
+class AggregateStage(StageLogic):
+    def __init__(self, key_depth: int, op: str, options: dict | None = None) -> None:
+        self.agg = Aggregator(key_depth, make_operator(op, options or {}))
+        self._chunks: dict[tuple, list] = {}
+
+    def on_data(self, path: list, seq: int, payload: Any, final: bool, epoch: int) -> None:
+        if not final:  # a streamed item joins its group whole
+            self._chunks.setdefault(tuple(path), []).append(payload)
+            return
+        if self._chunks and (chunks := self._chunks.pop(tuple(path), None)) is not None:
+            chunks.append(payload)
+            payload = join_chunks(chunks)
+        self._run(self.agg.data, epoch, path, payload)
+
+    def on_end(self, path: list, n: int, epoch: int) -> None:
+        if self.agg.passes_through(path):
+            self.out.end(path, n, epoch)
+        else:
+            self._run(self.agg.end, epoch, path, n)
+
+    def on_drop(self, path: list, epoch: int) -> None:
+        if self.agg.passes_through(path):
+            self.out.drop(path, epoch)
+        else:
+            self._run(self.agg.drop, epoch, path)
+
+    def _run(self, event: Any, epoch: int, path: list, *args: Any) -> None:
+        try:
+            done = event(path, *args)
+        except AggregateError as exc:
+            self.out.error(list(exc.path), str(exc), epoch)
+            return
+        for group, output in done:
+            if output is DROPPED:
+                self.out.drop(list(group), epoch)
+            else:
+                self.out.data(list(group), 0, output, True, epoch)
+
+    def cancel(self, rids: set[int]) -> None:
+        for rid in rids:
+            self.agg.discard((rid,))
+        for p in [p for p in self._chunks if p[0] in rids]:
+            del self._chunks[p]
+
+    def held(self) -> Iterable[int]:
+        return {g[0] for g in self.agg._groups} | {p[0] for p in self._chunks}
+
+    def depth(self) -> int:
+        return len(self.agg)
+
+
+def build_stage(config: StageConfig) -> AggregateStage:
+    fields = config.fields
+    # A per-item operator (filter) has no key depth: it keeps paths as they are.
+    return AggregateStage(config.key_depth or 1, fields["op"], fields.get("options"))
