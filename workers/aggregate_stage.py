@@ -56,13 +56,12 @@ class AggregateStage(StageLogic):
                 self.out.data(list(group), 0, output, True, epoch)
 
     def cancel(self, rids: set[int]) -> None:
-        for rid in rids:
-            self.agg.discard((rid,))
+        self.agg.cancel(rids)
         for p in [p for p in self._chunks if p[0] in rids]:
             del self._chunks[p]
 
     def held(self) -> Iterable[int]:
-        return {g[0] for g in self.agg._groups} | {p[0] for p in self._chunks}
+        return self.agg.held() | {p[0] for p in self._chunks}
 
     def depth(self) -> int:
         return len(self.agg)
