@@ -42,6 +42,7 @@ GATEWAY = 0  # destination id of the gateway's results inbox
 KIND_BUILDERS = {
     "function": "workers.function:build_stage",
     "aggregate": "workers.aggregate_stage:build_stage",
+    "lm": "workers.lm.worker:build_stage",
 }
 
 # Ids of requests that ended early, remembered so their late items are skipped.

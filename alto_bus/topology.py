@@ -60,9 +60,30 @@ KIND_FIELDS: dict[str, dict[str, tuple[tuple[type, ...], Any]]] = {
         "options": ((dict,), None),      # the operator's options (k, score, field, where, ...)
         "eps": ((int, float), 0.25),     # bounded load: skip instances over (1 + eps) x mean
     },
+    "lm": {
+        "engine": ((str,), _MISSING),     # "sim" or "vllm"
+        "model": ((str,), None),
+        "engine_args": ((dict,), None),   # vllm: engine arguments; sim: SimParams overrides
+        "prompt": ((str,), None),         # a template with {named} fields from the input item
+        "prompt_from": ((str,), None),    # or "module:ATTR" holding the template
+        "prompt_name": ((str,), None),    # default: the stage name
+        "emit": ((str,), "sentences"),    # text, tokens, sentences, lines, json-items
+        "stream": ((bool,), True),        # false: wait for the whole output (the baseline)
+        "output_field": ((str,), None),
+        "max_tokens": ((int,), 256),
+        "temperature": ((int, float), 0.0),
+        "stop": ((list,), None),
+        "ignore_eos": ((bool,), False),
+        "seed": ((int,), None),
+        "max_prompt_chars": ((int,), None),
+        "script": ((str,), None),         # sim: "module:factory" giving script(prompt_name, key)
+        "script_args": ((dict,), None),
+        "script_key": ((str,), None),     # sim: the input field its script is keyed by
+    },
 }
 
-# The aggregate kind's operators live with the worker kinds; loaded by name.
+# Kinds whose checks live with the worker kinds; loaded by name.
+LM_CHECK = "workers.lm.worker:check"
 MAKE_OPERATOR = "workers.aggregate:make_operator"
 
 
@@ -209,6 +230,9 @@ def _stage(raw: Any, index: int, source: str, check_handlers: bool) -> StageConf
         fans_out = _function_fans_out(values, label, check_handlers)
     elif kind == "aggregate":
         _check_aggregate(values, common, label)
+    elif kind == "lm":
+        import_object(LM_CHECK)(values, label, TopologyError)
+        fans_out = values["emit"] != "text"
     return StageConfig(**common, fields=values, fans_out=fans_out)
 
 

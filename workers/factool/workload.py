@@ -707,3 +707,8 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+def script(path: str | os.PathLike[str] = DEFAULT_PATH) -> Callable[[str, str | None], str | None]:
+    """The sim engine's script for a workload file: ``script(prompt_name, key) -> output``."""
+    return Workload.load(path).script_lookup

@@ -1,0 +1,242 @@
+"""The ``lm`` stage kind: render a prompt per item, generate, split the stream into items.
+
+Each input item fills the prompt template's named fields; the engine's output is cut
+by the splitter (``emit``) into items while the generation runs (``stream = true``) or
+once it has ended (``stream = false``, the baseline that waits for whole outputs).
+``emit = "text"`` keeps one item per input (1:1); the other splitters fan out: child
+``i`` gets the path ``parent + [i]`` and ``END(parent, n)`` follows. With
+``output_field`` and a dict input, an output item is the input item plus that field,
+so what an item descends from travels with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from alto_bus.stage import StageLogic, describe
+from alto_bus.topology import StageConfig, import_object
+from workers.lm.engine import Engine, SamplingParams
+from workers.lm.splitters import SplitterError, make_splitter
+
+log = logging.getLogger("alto.lm")
+
+
+class PromptError(ValueError):
+    """An input item the stage's prompt cannot take; the message says why."""
+
+
+class Template:
+    """A ``str.format`` template with named fields taken from the input item."""
+
+    def __init__(self, text: str) -> None:
+        import string
+
+        self.text = text
+        self.fields = tuple(sorted({f for _, f, _, _ in string.Formatter().parse(text) if f}))
+
+    def render(self, item: Any) -> str:
+        if isinstance(item, dict):
+            values = item
+        elif len(self.fields) == 1:
+            values = {self.fields[0]: item}
+        else:
+            raise PromptError(f"the prompt needs fields {list(self.fields)}; the item is not a map: {item!r:.80}")
+        for f in self.fields:
+            v = values.get(f)
+            if v is None:
+                raise PromptError(f"the prompt needs field {f!r}; the item has {sorted(values)}")
+            if isinstance(v, str) and not v.strip():
+                raise PromptError(f"field {f!r} is empty")
+            if not isinstance(v, (str, int, float)):
+                raise PromptError(f"field {f!r} must be text, got {type(v).__name__}")
+        return self.text.format_map({f: values[f] for f in self.fields})
+
+
+def make_engine(config: StageConfig) -> Engine:
+    f = config.fields
+    args = dict(f.get("engine_args") or {})
+    if f["engine"] == "sim":
+        from workers.lm.sim import SimEngine
+
+        script = None
+        if f.get("script"):
+            script = import_object(f["script"])(**(f.get("script_args") or {}))
+        return SimEngine(args, script=script, seed=int(f.get("seed") or 0))
+    from workers.lm.vllm_engine import VllmEngine
+
+    host = os.environ.get("ALTO_HOST_IP", "127.0.0.1")
+    return VllmEngine(f["model"], args, host_ip=host)
+
+
+class LMStage(StageLogic):
+    def __init__(self, engine: Engine, template: Template, params: SamplingParams, *, emit: str,
+                 stream: bool, prompt_name: str, script_key: str | None, output_field: str | None,
+                 max_prompt_chars: int | None = None) -> None:
+        self.engine = engine
+        self.template = template
+        self.params = params
+        self.emit = emit
+        self.stream = stream
+        self.prompt_name = prompt_name
+        self.script_key = script_key
+        self.output_field = output_field
+        self.max_prompt_chars = max_prompt_chars
+        self.fans_out = emit != "text"
+        make_splitter(emit if emit != "text" else "tokens")  # refuse an unknown emit now
+        self._running: dict[int, set[str]] = {}  # rid -> engine request ids
+
+    async def start(self) -> None:
+        await self.engine.start()
+
+    async def close(self) -> None:
+        await self.engine.shutdown()
+
+    def on_data(self, path: list, seq: int, payload: Any, final: bool, epoch: int) -> None:
+        if not final:
+            raise PromptError("an LM stage takes whole items; put a function stage before it to join streams")
+        self.out.spawn(path[0], self._generate(path, payload, epoch))
+
+    async def _generate(self, path: list, item: Any, epoch: int) -> None:
+        try:
+            prompt = self.template.render(item)
+        except PromptError as exc:
+            self.out.error(path, f"cannot take item {path[1:]}: {exc}", epoch)
+            return
+        if self.max_prompt_chars is not None and len(prompt) > self.max_prompt_chars:
+            self.out.error(path, f"cannot take item {path[1:]}: the prompt is {len(prompt)} characters, "
+                                 f"more than max_prompt_chars {self.max_prompt_chars}", epoch)
+            return
+        key = self._script_key(item)
+        request_id = f"{self.prompt_name}:{'.'.join(map(str, path))}"
+        rid = path[0]
+        self._running.setdefault(rid, set()).add(request_id)
+        splitter = make_splitter("tokens" if self.emit == "text" else self.emit)
+        n = 0
+        seq = 0
+        whole: list[str] = []
+        # Text streams as chunks of one item, unless the item must carry its input along.
+        chunked = self.stream and self.emit == "text" and self.output_field is None
+        try:
+            async for out in self.engine.generate(request_id, prompt, self.params,
+                                                  prompt_name=self.prompt_name, script_key=key):
+                if out.finish_reason == "abort":
+                    return
+                if not out.text:
+                    continue
+                if chunked:
+                    self.out.data(path, seq, out.text, False, epoch)
+                    seq += 1
+                elif not self.stream or self.emit == "text":
+                    whole.append(out.text)
+                else:
+                    for piece in splitter.feed(out.text):
+                        self.out.data([*path, n], 0, self._item(item, piece), True, epoch)
+                        n += 1
+            if self.emit == "text":
+                if chunked:
+                    self.out.data(path, seq, "", True, epoch)
+                else:
+                    self.out.data(path, 0, self._item(item, "".join(whole)), True, epoch)
+                return
+            pieces = splitter.feed("".join(whole)) if whole else []
+            for piece in [*pieces, *splitter.finish()]:
+                self.out.data([*path, n], 0, self._item(item, piece), True, epoch)
+                n += 1
+            self.out.end(path, n, epoch)
+        except SplitterError as exc:
+            self.out.error(path, f"the output of prompt {self.prompt_name!r} does not split as "
+                                 f"{self.emit}: {exc}", epoch)
+        except Exception as exc:
+            self.out.error(path, f"engine failed: {describe(exc)}", epoch)
+        finally:
+            ids = self._running.get(rid)
+            if ids is not None:
+                ids.discard(request_id)
+                if not ids:
+                    del self._running[rid]
+
+    def _item(self, item: Any, piece: Any) -> Any:
+        if self.output_field is not None and isinstance(item, dict):
+            return {**item, self.output_field: piece}
+        return piece
+
+    def _script_key(self, item: Any) -> str | None:
+        if self.script_key is not None and isinstance(item, dict):
+            value = item.get(self.script_key)
+            return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+        if isinstance(item, str):
+            return item
+        return json.dumps(item, sort_keys=True, default=str)
+
+    def cancel(self, rids: set[int]) -> None:
+        loop = asyncio.get_running_loop()
+        for rid in rids & self._running.keys():
+            for request_id in list(self._running[rid]):
+                loop.create_task(self.engine.abort(request_id))
+
+    def held(self) -> Iterable[int]:
+        return list(self._running)
+
+    def depth(self) -> int:
+        return sum(len(v) for v in self._running.values())
+
+
+def _prompt_text(f: dict) -> str:
+    if f.get("prompt") is not None:
+        return f["prompt"]
+    return import_object(f["prompt_from"])
+
+
+def build_stage(config: StageConfig) -> LMStage:
+    f = config.fields
+    params = SamplingParams(max_tokens=f["max_tokens"], temperature=f["temperature"],
+                            stop=tuple(f.get("stop") or ()), ignore_eos=f["ignore_eos"], seed=f.get("seed"))
+    return LMStage(make_engine(config), Template(_prompt_text(f)), params, emit=f["emit"], stream=f["stream"],
+                   prompt_name=f.get("prompt_name") or config.name, script_key=f.get("script_key"),
+                   output_field=f.get("output_field"), max_prompt_chars=f.get("max_prompt_chars"))
+
+
+def fans_out(fields: dict) -> bool:
+    return fields["emit"] != "text"
+
+
+def check(fields: dict, label: str, error: Callable[[str], Exception]) -> None:
+    """Validation the topology runs before anything starts."""
+    if fields["engine"] not in ("sim", "vllm"):
+        raise error(f"{label}: field 'engine' must be 'sim' or 'vllm', got {fields['engine']!r}")
+    if fields["engine"] == "vllm" and not fields.get("model"):
+        raise error(f"{label}: missing required field 'model' (engine 'vllm')")
+    if (fields.get("prompt") is None) == (fields.get("prompt_from") is None):
+        raise error(f"{label}: give exactly one of the fields 'prompt' and 'prompt_from'")
+    try:
+        text = _prompt_text(fields)
+    except ImportError as exc:
+        raise error(f"{label}: field 'prompt_from': {exc}") from None
+    if not isinstance(text, str):
+        raise error(f"{label}: field 'prompt_from': {fields['prompt_from']!r} is not a string")
+    try:
+        Template(text)
+    except ValueError as exc:
+        raise error(f"{label}: field 'prompt': not a valid template: {exc}") from None
+    if fields["emit"] not in ("text", "tokens", "sentences", "lines", "json-items"):
+        raise error(f"{label}: field 'emit' must be one of text, tokens, sentences, lines, json-items; "
+                    f"got {fields['emit']!r}")
+    if fields["max_tokens"] < 1:
+        raise error(f"{label}: field 'max_tokens' must be >= 1")
+    if fields["engine"] == "sim":
+        from workers.lm.sim_model import SimParams
+
+        try:
+            SimParams.from_dict(fields.get("engine_args") or {})
+        except ValueError as exc:
+            raise error(f"{label}: field 'engine_args': {exc}") from None
+        if fields.get("script"):
+            try:
+                import_object(fields["script"])
+            except ImportError as exc:
+                raise error(f"{label}: field 'script': {exc}") from None
