@@ -52,8 +52,8 @@ class Template:
                 raise PromptError(f"the prompt needs field {f!r}; the item has {sorted(values)}")
             if isinstance(v, str) and not v.strip():
                 raise PromptError(f"field {f!r} is empty")
-            if not isinstance(v, (str, int, float)):
-                raise PromptError(f"field {f!r} must be text, got {type(v).__name__}")
+            if not isinstance(v, str):
+                raise PromptError(f"field {f!r} must be text, got {type(v).__name__} {v!r:.40}")
         return self.text.format_map({f: values[f] for f in self.fields})
 
 
