@@ -1,0 +1,67 @@
+"""The fact-verification pipeline end to end on the sim engine: every verdict equals the
+single-process reference, streaming or not, with one or several replicas per stage."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from alto_bus import Client, RequestError
+from tests.support import running
+from workers.factool.reference import Reference
+from workers.factool.workload import Workload
+
+ROOT = Path(__file__).resolve().parents[2]
+N = 40
+
+
+@pytest.fixture(scope="module")
+def reference():
+    workload = Workload.load()
+    return workload, Reference(workload, k=3)
+
+
+def variant(stream: bool = True, replicas: int | None = None) -> dict:
+    topo = tomllib.loads((ROOT / "topology" / "factool.toml").read_text())
+    for stage in topo["stage"]:
+        if stage["kind"] == "lm":
+            stage["stream"] = stream
+            # A fast emulated GPU keeps the test short; timing is not what is checked here.
+            stage["engine_args"] = {"time_scale": 0.2}
+        if replicas is not None:
+            stage["replicas"] = replicas
+        if "options" in stage and "corpus" in stage["options"]:
+            stage["options"]["corpus"] = str(ROOT / stage["options"]["corpus"])
+    return topo
+
+
+@pytest.mark.parametrize("stream, replicas", [(True, None), (True, 3), (False, None)],
+                         ids=["stream", "stream-3-replicas", "baseline"])
+def test_verdicts_equal_the_reference(reference, stream, replicas):
+    workload, ref = reference
+    questions = [q["question"] for q in workload.questions[:N]]
+    with running(variant(stream, replicas)) as sup, Client(sup.addresses["gateway"]) as client:
+        futures = [client.submit({"question": q}) for q in questions]
+        results = [f.result(timeout=180) for f in futures]
+    for q, r in zip(questions, results):
+        assert r == ref.result(q), q
+
+
+def test_questions_the_pipeline_cannot_take_end_in_clear_errors(reference):
+    workload, ref = reference
+    q = workload.questions[0]["question"]
+    topo = variant()
+    with running(topo) as sup, Client(sup.addresses["gateway"]) as client:
+        empty = client.submit({"question": "  "})
+        number = client.submit({"question": 42})
+        too_long = client.submit({"question": "why " * 2000})
+        wrong_shape = client.submit({"query": "a map without the question"})
+        good = client.submit({"question": q})
+        for fut, words in [(empty, "field 'question' is empty"), (number, "must be text"),
+                           (too_long, "more than max_prompt_chars"), (wrong_shape, "needs field")]:
+            with pytest.raises(RequestError) as err:
+                fut.result(timeout=60)
+            assert err.value.stage == "answer" and words in err.value.message
+        assert good.result(timeout=60) == ref.result(q)
