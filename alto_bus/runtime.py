@@ -113,7 +113,9 @@ class Worker:
         self._stop_now = False
         self._draining = False
         self._wakeup: asyncio.Event | None = None
-        self._unblocked: asyncio.Event | None = None
+        self._inbox: zmq.Socket | None = None
+        self._paused = False
+        self._last_input = 0.0
         self._outs: dict[int, Outbox] = {}
         self._blocked: set[int] = set()
         self._next_ids: list[int] = []
@@ -131,7 +133,6 @@ class Worker:
         self._inflight_total = 0
         self._flush_handle: asyncio.TimerHandle | None = None
         self._in_burst = False
-        self._recv: asyncio.Future | None = None
 
     # -- embedding API -----------------------------------------------------------------
 
@@ -175,9 +176,6 @@ class Worker:
         """Join the topology and serve until stopped (``request_stop`` or the broker)."""
         self._loop = asyncio.get_running_loop()
         self._wakeup = asyncio.Event()
-        self._unblocked = asyncio.Event()
-        self._unblocked.set()
-        ctx = zmq.asyncio.Context.instance()
         self._control = ControlLink(zmq.Context.instance(), self.broker, self._deliver, self._snapshot,
                                     broker_timeout=self.broker_timeout)
         self._control.start()
@@ -192,7 +190,8 @@ class Worker:
             self.logic = self._build_logic(self.config)
             self.logic.bind(self)
             await self.logic.start()
-            inbox = make_socket(ctx, zmq.PULL, bind=self._inbox_addr or self.config.inbox, hwm=1000)
+            inbox = make_socket(zmq.Context.instance(), zmq.PULL, bind=self._inbox_addr or self.config.inbox,
+                                hwm=1000)
             self.address = advertised(bound_address(inbox), self._advertise or self.config.advertise)
             self._control.send("ready", {"stage": self.stage, "address": self.address,
                                          "pid": os.getpid(), "host": socket.gethostname()})
@@ -268,10 +267,7 @@ class Worker:
             self._control.send("leave", {})
         else:
             self._stop_now = True
-            self._unblocked.set()
         self._wakeup.set()
-        if self._recv is not None:
-            self._recv.cancel()  # wake the inbox loop to look at the flags
 
     def _snapshot(self) -> dict[str, Any]:
         """Heartbeat body (called from the control thread: copies only)."""
@@ -362,8 +358,7 @@ class Worker:
                               f"with {len(frames)} unsent frame(s)", 0)
         out.asock.close(linger=0)
         self._blocked.discard(dest)
-        if not self._blocked:
-            self._unblocked.set()
+        self._resume()
 
     # -- Emitter: what stage logic calls -----------------------------------------------
 
@@ -395,7 +390,9 @@ class Worker:
             del self._inflight[rid]
         if not task.cancelled() and task.exception() is not None:
             self.error([rid], f"stage raised {describe(task.exception())}", 0)
-        self._wakeup.set()
+        self._resume()
+        if self._draining:
+            self._wakeup.set()
 
     def _route(self, msg: list, path: list, stream: bool = False) -> None:
         nxt = self.config.next
@@ -478,7 +475,6 @@ class Worker:
                 out.sock.send(backlog[0], zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 self._blocked.add(out.dest)
-                self._unblocked.clear()
                 out.sender = self._loop.create_task(self._send_parked(out))
                 return
             backlog.popleft()
@@ -493,52 +489,68 @@ class Worker:
         finally:
             out.sender = None
             self._blocked.discard(out.dest)
-            if not self._blocked:
-                self._unblocked.set()
+            self._resume()
 
     # -- the inbox loop ----------------------------------------------------------------
 
-    async def _serve(self, inbox: zmq.asyncio.Socket) -> None:
-        sync_inbox = zmq.Socket.shadow(inbox.underlying)
+    async def _serve(self, inbox: zmq.Socket) -> None:
+        # The inbox is read from a reader callback, not a coroutine: a frame costs no
+        # future, no task switch. ZeroMQ's FD is edge-triggered, so every read drains
+        # until EAGAIN (or hands the rest to the next turn of the loop).
+        loop = self._loop
+        self._inbox = inbox
+        fd = inbox.getsockopt(zmq.FD)
+        loop.add_reader(fd, self._on_readable)
+        self._on_readable()
         quiet = 2 * (self._control.heartbeat_interval or 0.5)
-        while not self._stop_now:
-            if self._blocked:  # backpressure: stop reading until the peers take our frames
-                await self._unblocked.wait()
-                continue
-            if self._inflight_total >= self.config.concurrency:
+        try:
+            while not self._stop_now:
                 self._wakeup.clear()
-                await self._wakeup.wait()
-                continue
-            if self._recv is None:
-                self._recv = asyncio.ensure_future(inbox.recv(copy=True))
-            recv = self._recv
-            if self._draining:
-                done, _ = await asyncio.wait((recv,), timeout=quiet)
-                if not done:
-                    if self._idle():
-                        break  # drained: quiet for two heartbeats and nothing in hand
+                if not self._draining:
+                    await self._wakeup.wait()
                     continue
-            else:
-                await asyncio.wait((recv,))
-            self._recv = None
-            if recv.cancelled():
-                continue  # woken to look at the flags again
-            frame = recv.result()
-            self._in_burst = True
-            try:
+                try:
+                    await asyncio.wait_for(self._wakeup.wait(), quiet)
+                except asyncio.TimeoutError:
+                    if self._idle() and loop.time() - self._last_input >= quiet:
+                        break  # drained: quiet for two heartbeats and nothing in hand
+        finally:
+            loop.remove_reader(fd)
+
+    def _resume(self) -> None:
+        if self._paused and not self._blocked and self._inflight_total < self.config.concurrency:
+            self._paused = False
+            self._loop.call_soon(self._on_readable)
+
+    def _on_readable(self) -> None:
+        if self._stop_now:
+            return
+        if self._blocked or self._inflight_total >= self.config.concurrency:
+            self._paused = True  # backpressure: stop reading until _resume()
+            return
+        sock = self._inbox
+        n = 0
+        more = False
+        self._in_burst = True
+        try:
+            while True:
+                try:
+                    frame = sock.recv(zmq.NOBLOCK, copy=True)
+                except zmq.Again:
+                    more = bool(sock.getsockopt(zmq.EVENTS) & zmq.POLLIN)
+                    break
                 self._on_frame(frame)
-                for _ in range(256):
-                    try:
-                        frame = sync_inbox.recv(zmq.NOBLOCK, copy=True)
-                    except zmq.Again:
-                        break
-                    self._on_frame(frame)
-            finally:
-                self._in_burst = False
+                n += 1
+                if n >= 256 or self._blocked or self._inflight_total >= self.config.concurrency:
+                    more = True
+                    break
+        finally:
+            self._in_burst = False
+        if n:
+            self._last_input = self._loop.time()
             self._flush_all()
-        if self._recv is not None:
-            self._recv.cancel()
-            self._recv = None
+        if more:
+            self._loop.call_soon(self._on_readable)
 
     def _idle(self) -> bool:
         return (not self._inflight_total and not self._blocked
@@ -592,7 +604,7 @@ class Worker:
         builder = import_object(KIND_BUILDERS[config.kind])
         return builder(config)
 
-    async def _close(self, inbox: zmq.asyncio.Socket | None) -> None:
+    async def _close(self, inbox: zmq.Socket | None) -> None:
         if self._flush_handle is not None:
             self._flush_handle.cancel()
         try:

@@ -182,7 +182,7 @@ def run(args: argparse.Namespace) -> dict:
     sink.setsockopt(zmq.RCVHWM, 100_000)
     sink_port = sink.bind_to_random_port("tcp://127.0.0.1")
     sink_addr = f"tcp://127.0.0.1:{sink_port}"
-    results: dict[str, dict[str, list[float]]] = {"raw": {}, "alto": {}}
+    results: dict[str, dict[str, list[float]]] = {"pair": {}, "raw": {}, "alto": {}}
 
     # raw relay
     ready = mp.Event()
@@ -200,6 +200,9 @@ def run(args: argparse.Namespace) -> dict:
         raise RuntimeError("the worker did not register")
     try:
         for r in range(args.repeats):
+            pair = results["pair"]
+            pair.setdefault("small_msgs_per_s", []).append(throughput(sink_addr, sink, args.messages, SMALL, False))
+            pair.setdefault("tok16_msgs_per_s", []).append(throughput(sink_addr, sink, args.messages, TOKENS16, False))
             for name, inbox, alto in (("raw", relay_in, False), ("alto", broker.inbox, True)):
                 res = results[name]
                 res.setdefault("small_msgs_per_s", []).append(throughput(inbox, sink, args.messages, SMALL, alto))
@@ -236,7 +239,7 @@ def _free_port() -> int:
 
 
 def report(out: dict) -> str:
-    raw, alto = out["median"]["raw"], out["median"]["alto"]
+    pair, raw, alto = out["median"]["pair"], out["median"]["raw"], out["median"]["alto"]
     rows = [
         ("small payload, messages/s", raw["small_msgs_per_s"], alto["small_msgs_per_s"], "higher"),
         ("16-token payload, messages/s", raw["tok16_msgs_per_s"], alto["tok16_msgs_per_s"], "higher"),
@@ -244,10 +247,16 @@ def report(out: dict) -> str:
         ("one-way latency p50, us", raw["lat_p50_us"], alto["lat_p50_us"], "lower"),
         ("one-way latency p99, us", raw["lat_p99_us"], alto["lat_p99_us"], "lower"),
     ]
-    lines = ["| figure (median of %d runs) | raw pyzmq hop | alto_bus hop | alto / raw |" % out["repeats"],
+    lines = ["| figure (median of %d runs) | raw pyzmq hop | alto_bus hop | alto / raw hop |" % out["repeats"],
              "|---|---:|---:|---:|"]
     for name, r, a, _ in rows:
         lines.append(f"| {name} | {r:,.0f} | {a:,.0f} | {a / r:.2f} |")
+    lines += ["", "| throughput against the raw pair (source PUSH -> sink PULL, no hop) | raw pair | alto_bus hop "
+              "| alto / pair |", "|---|---:|---:|---:|"]
+    for name, key, mult in (("small payload, messages/s", "small_msgs_per_s", 1),
+                            ("16-token payload, tokens/s", "tok16_msgs_per_s", 16)):
+        p_, a_ = pair[key] * mult, alto[key] * mult
+        lines.append(f"| {name} | {p_:,.0f} | {a_:,.0f} | {a_ / p_:.2f} |")
     return "\n".join(lines)
 
 
