@@ -181,7 +181,8 @@ class PromptAware(Policy):
                 want = have  # it grew moments ago (spills, a burst): let that settle
             target[p] = want
             if want != have or not prev.get(p):
-                was = f" (was {have})" if have else ""
+                published = sum(i in rank for i in prev.get(p, ()))
+                was = f" (was {published})" if published else ""
                 r.notes[p].insert(0, f"demand {demand[p]:,.0f} tok/s = "
                                      f"{demand[p] / total if total else 0:.0%} of pool "
                                      f"-> {want} instance{'s' * (want != 1)}{was}")
@@ -234,6 +235,7 @@ class PromptAware(Policy):
                 trial[p] = [i for i in r.sets[p] if i != inst]
                 after, _ = r.project(trial)
                 if max(after.values()) > max(limit, max(loads.values())):
+                    r.notes[p].append(f"kept {inst}: without it the rest would be overloaded")
                     break
                 r.sets[p].remove(inst)
                 if not r.hosted(inst):
