@@ -22,9 +22,10 @@ from typing import Any
 
 import zmq
 
-from alto_bus import wire
+from alto_bus import keys, wire
 from alto_bus.gateway import ClientOut, Gateway
 from alto_bus.membership import Instance, Membership
+from alto_bus.pools import PoolScheduler
 from alto_bus.routing import LoadView, pow2_choice
 from alto_bus.sockets import advertised, bound_address, make_socket
 from alto_bus.topology import Topology
@@ -55,17 +56,26 @@ class Broker:
         keyed = {s.name: float(s.fields.get("eps", 0.25)) for s in topology.stages if s.key_depth is not None}
         self.members = Membership(self.stage_names, cfg.heartbeat_interval, cfg.heartbeat_liveness, keyed)
         self.gateway = Gateway(cfg.request_timeout, cfg.max_inflight)
+        self.pool_of = {s: p.name for p in topology.pools for s in p.stages}
+        self.pools = {p.name: PoolScheduler(p.name, p.policy, dict(p.policy_args or {}), p.stages,
+                                            _prefix_tokens(topology, p.stages))
+                      for p in topology.pools}
+        self._next_round = 0.0
         self.loads = LoadView()
         self.rng = random.Random(0x5EED)
         self.host = socket.gethostname()
         self.bad_frames = 0
         self.stopping = False
         self.entries: dict[int, EntryLink] = {}
+        self.curve = keys.topology_curve(topology, "broker")  # [security]: CURVE on every socket; None: plain
         self.control = make_socket(self.ctx, zmq.ROUTER, bind=cfg.control,
-                                   options={zmq.ROUTER_MANDATORY: 1})
+                                   options={zmq.ROUTER_MANDATORY: 1},
+                                   curve=self.curve and self.curve.server("broker control"))
         self.clients = make_socket(self.ctx, zmq.ROUTER, bind=cfg.gateway, hwm=200_000,
-                                   options={zmq.ROUTER_MANDATORY: 1})
-        self.results = make_socket(self.ctx, zmq.PULL, bind=cfg.results, hwm=10_000)
+                                   options={zmq.ROUTER_MANDATORY: 1},
+                                   curve=self.curve and self.curve.server("gateway"))
+        self.results = make_socket(self.ctx, zmq.PULL, bind=cfg.results, hwm=10_000,
+                                   curve=self.curve and self.curve.server("gateway results"))
         self.addresses = {
             "control": advertised(bound_address(self.control), cfg.advertise),
             "gateway": advertised(bound_address(self.clients), cfg.advertise),
@@ -174,12 +184,18 @@ class Broker:
             return
         cfg = self.topology.stage(stage)
         nxt = self.topology.stage(cfg.next).to_dict() if cfg.next else None
+        next_pool = None
+        if cfg.next in self.pool_of:
+            pool = self.topology.pool(self.pool_of[cfg.next])
+            next_pool = {"name": pool.name, "policy": pool.policy, "policy_args": pool.policy_args or {}}
         self._send_control(identity, "welcome", {
             "config": cfg.to_dict(),
             "next": nxt,
+            "next_pool": next_pool,
             "heartbeat_interval": self.cfg.heartbeat_interval,
             "liveness": self.cfg.heartbeat_liveness,
             "results": self.addresses["results"],
+            "allowed": sorted(self.curve.allowed) if self.curve else [],  # whom an inbox lets in
         })
 
     def _op_ready(self, identity: bytes, body: dict, now: float) -> None:
@@ -189,6 +205,9 @@ class Broker:
             return
         inst = self.members.add(stage, identity, str(body["address"]), int(body.get("pid", 0)),
                                 str(body.get("host", "?")), now)
+        if body.get("member") is not None and self.pool_of.get(stage) == body.get("pool"):
+            inst.pool, inst.member = str(body["pool"]), str(body["member"])
+            self.members.table = self.members._make_table()  # the table lists pool members
         log.info("stage %s: instance %d registered (pid %d on %s, inbox %s); epoch %d",
                  stage, inst.iid, inst.pid, inst.host, inst.address, self.members.epoch)
         self._send_control(identity, "registered", {"iid": inst.iid})
@@ -200,6 +219,12 @@ class Broker:
         if inst is None:
             self._send_control(identity, "reregister", {})
             return
+        if inst.member is not None and "prompt" in body:
+            self.pools[inst.pool].observe(inst.member, inst.stage, body["prompt"], inst.depth, now)
+        for prompt, by_member in (body.get("spills") or {}).items():
+            pool = self.pool_of.get(prompt)
+            if pool is not None:
+                self.pools[pool].note_spills({prompt: by_member})
         link = self.entries.get(inst.iid)
         if link is not None:
             link.sent_rids = []
@@ -240,7 +265,9 @@ class Broker:
                               for i in sorted(insts, key=lambda i: i.iid)],
             }
         g = self.gateway.stats
+        pools = {n: p.status() for n, p in self.pools.items()}
         return {
+            "pools": pools,
             "epoch": self.members.epoch,
             "addresses": self.addresses,
             "stages": stages,
@@ -266,7 +293,8 @@ class Broker:
                 link.sock.close(linger=0)
         for iid, address in want.items():
             if iid not in self.entries:
-                sock = make_socket(self.ctx, zmq.PUSH, connect=address, immediate=True)
+                sock = make_socket(self.ctx, zmq.PUSH, connect=address, immediate=True,
+                                   curve=self.curve and self.curve.to_peer(f"gateway to {entry} instance {iid}"))
                 self.entries[iid] = EntryLink(sock, entry)
 
     def _tick(self, now: float) -> None:
@@ -281,8 +309,29 @@ class Broker:
         self.loads.update(loads)
         body = {"epoch": self.members.epoch, "loads": loads,
                 "oldest": self.gateway.oldest_epoch(self.members.epoch)}
+        if self.pools:
+            if now >= self._next_round:
+                self._next_round = now + max(1.0, self.cfg.heartbeat_interval)
+                self._schedule_pools()
+            body["placements"] = {n: p.placement.to_dict() for n, p in self.pools.items() if p.placement}
+            body["member_loads"] = {n: p.member_loads for n, p in self.pools.items()}
         for inst in self.members.instances.values():
             self._send_control(inst.identity, "loads", body)
+
+    def _schedule_pools(self) -> None:
+        for name, sched in self.pools.items():
+            members = sorted({i.member for i in self.members.instances.values()
+                              if i.pool == name and not i.draining and i.member is not None})
+            sched.round(members)
+
+    def _op_pool_info(self, identity: bytes, body: dict, now: float) -> None:
+        name = body["pool"]
+        if name not in self.pools:
+            self._send_control(identity, "reject", {"reason": f"no pool named {name!r} in {self.topology.source}"})
+            return
+        pool = self.topology.pool(name)
+        self._send_control(identity, "pool_info", {
+            "pool": pool.to_dict(), "stages": {s: self.topology.stage(s).to_dict() for s in pool.stages}})
 
     def _fail_held(self, inst: Instance | None, why: str) -> None:
         if inst is None:
@@ -428,3 +477,16 @@ def run_broker(topology: Topology, announce: Any = None) -> None:
     finally:
         broker.close()
         log.info("broker stopped (pid %d)", os.getpid())
+
+
+def _prefix_tokens(topology: Topology, stages: tuple[str, ...]) -> dict[str, int]:
+    """The fixed part of each prompt, in tokens (about 4 characters a token): what a
+    prefix cache can keep for every call of that prompt."""
+    from alto_bus.topology import import_object
+
+    out = {}
+    for name in stages:
+        f = topology.stage(name).fields
+        text = f.get("prompt") if f.get("prompt") is not None else import_object(f["prompt_from"])
+        out[name] = len(str(text).split("{", 1)[0]) // 4
+    return out

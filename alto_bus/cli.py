@@ -22,6 +22,10 @@ def cmd_launch(args: argparse.Namespace) -> int:
     from alto_bus.launch import launch
 
     _logging("WARNING" if not args.verbose else "INFO")
+    if args.hosts is not None:  # across the [[host]] tables, over ssh (alto_bus.node)
+        from alto_bus.node import launch_cluster_main
+
+        return launch_cluster_main(args)
     return launch(args.topology, log_level="INFO" if args.verbose else "WARNING")
 
 
@@ -51,13 +55,26 @@ def cmd_broker(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
+    if args.bind_host:  # a host of a cluster: loopback addresses become this host's
+        from alto_bus.node import bind_broker_on
+
+        topo = bind_broker_on(topo, args.bind_host, args.port_base)
+
     def announce(addresses: dict[str, str]) -> None:
         if args.announce:
             print(json.dumps(addresses), flush=True)
         else:
             print(f"gateway {addresses['gateway']}\ncontrol {addresses['control']}", flush=True)
 
-    run_broker(topo, announce)
+    import zmq
+
+    from alto_bus.keys import KeyFileError
+
+    try:
+        run_broker(topo, announce)
+    except (KeyFileError, zmq.ZMQError) as exc:
+        print(f"error: broker: {exc}", file=sys.stderr, flush=True)
+        return 1
     return 0
 
 
@@ -65,8 +82,22 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from alto_bus.runtime import Worker, WorkerError
 
     _logging()
-    worker = Worker(args.stage, broker=args.broker, inbox=args.inbox, advertise=args.advertise,
-                    broker_timeout=args.broker_timeout)
+    try:
+        curve = _curve(args)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.pool:
+        from alto_bus.pool_worker import PoolMember
+
+        worker = PoolMember(args.pool, args.broker, inbox=args.inbox, advertise=args.advertise,
+                            broker_timeout=args.broker_timeout, curve=curve, host=args.host_name)
+    elif args.stage:
+        worker = Worker(args.stage, broker=args.broker, inbox=args.inbox, advertise=args.advertise,
+                        broker_timeout=args.broker_timeout, curve=curve, host=args.host_name)
+    else:
+        print("error: give --stage or --pool", file=sys.stderr)
+        return 2
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -90,7 +121,12 @@ def cmd_submit(args: argparse.Namespace) -> int:
     except json.JSONDecodeError as exc:
         print(f"error: the payload is not JSON: {exc}", file=sys.stderr)
         return 2
-    with Client(args.gateway, timeout=args.timeout) as client:
+    try:
+        curve = _curve(args)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    with Client(args.gateway, timeout=args.timeout, curve=curve) as client:
         try:
             if args.stream:
                 stream = client.stream(payload)
@@ -110,7 +146,12 @@ def cmd_submit(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from alto_bus.launch import StatusProbe
 
-    with StatusProbe(args.broker) as probe:
+    try:
+        curve = _curve(args)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    with StatusProbe(args.broker, curve=curve) as probe:
         status = probe.query(timeout=args.timeout)
     if status is None:
         print(f"error: no answer from the broker at {args.broker} within {args.timeout:g} s", file=sys.stderr)
@@ -137,6 +178,40 @@ def _format_status(status: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _curve(args: argparse.Namespace) -> Any:
+    """CURVE keys from --key/--broker-key (both or neither); ValueError names a bad file."""
+    if args.key is None and args.broker_key is None:
+        return None
+    if args.key is None or args.broker_key is None:
+        raise ValueError("give both --key (this process's key pair) and --broker-key (the broker's public key)")
+    from alto_bus.keys import client_curve
+
+    return client_curve(args.key, args.broker_key)
+
+
+def _key_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--key", help="CURVE: this process's key file (NAME.key_secret, or NAME.key beside it)")
+    p.add_argument("--broker-key", help="CURVE: the broker's public key file")
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from alto_bus.keys import KeyFileError, create
+
+    try:
+        public, secret = create(args.dir, args.name, force=args.force)
+    except KeyFileError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"public key {public}\nsecret key {secret} (mode 600: keep it on the hosts that run as {args.name!r})")
+    return 0
+
+
+def cmd_node(args: argparse.Namespace) -> int:
+    from alto_bus.node import node_main
+
+    return node_main(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="alto", description="Serve compound AI pipelines over a ZeroMQ bus.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -144,6 +219,12 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("launch", help="start a topology on this machine")
     p.add_argument("topology")
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO from every process")
+    p.add_argument("--hosts", nargs="?", const="all",
+                   help="start across the file's [[host]] tables over ssh: all, or NAME,NAME,... "
+                        "(the first runs the broker)")
+    from alto_bus.node import add_cluster_arguments
+
+    add_cluster_arguments(p)  # ssh options of --hosts
     p.set_defaults(func=cmd_launch)
 
     p = sub.add_parser("check", help="validate a topology file")
@@ -153,15 +234,21 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("broker", help="run the broker and gateway of a topology")
     p.add_argument("topology")
     p.add_argument("--announce", action="store_true", help="print the bound addresses as one JSON line")
+    p.add_argument("--bind-host", help="in a cluster: bind loopback addresses on this host address instead")
+    p.add_argument("--port-base", type=int, help="with --bind-host: control, gateway, results on ports "
+                                                 "BASE, BASE+1, BASE+2 where the file says 0")
     p.set_defaults(func=cmd_broker)
 
     p = sub.add_parser("worker", help="run one instance of a stage")
     p.add_argument("--broker", required=True, help="the broker's control address")
-    p.add_argument("--stage", required=True)
+    p.add_argument("--stage", help="the stage this instance serves")
+    p.add_argument("--pool", help="or: the LM pool this process is a member of (all its stages)")
     p.add_argument("--inbox", help="bind address of this instance's inbox (default: the topology's)")
     p.add_argument("--advertise", help="host name or address peers reach this instance at")
     p.add_argument("--broker-timeout", type=float, default=15.0,
                    help="stop when the broker is silent this long (seconds)")
+    p.add_argument("--host-name", help="the host name the broker reports for this instance (a [[host]] name)")
+    _key_options(p)
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("submit", help="send one request and print its result")
@@ -170,13 +257,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=60.0)
     p.add_argument("--compact", action="store_true")
     p.add_argument("payload", help="the request, as JSON")
+    _key_options(p)
     p.set_defaults(func=cmd_submit)
 
     p = sub.add_parser("status", help="show instances, epochs and request counts")
     p.add_argument("--broker", required=True, help="the broker's control address")
     p.add_argument("--json", action="store_true")
     p.add_argument("--timeout", type=float, default=3.0)
+    _key_options(p)
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("keys", help="make a CURVE key pair: DIR/NAME.key (public), DIR/NAME.key_secret")
+    p.add_argument("name")
+    p.add_argument("--dir", default="keys", help="where to write them (default: ./keys)")
+    p.add_argument("--force", action="store_true", help="replace an existing pair")
+    p.set_defaults(func=cmd_keys)
+
+    p = sub.add_parser("node", help="start and supervise one host's share of a topology's instances")
+    from alto_bus.node import add_node_arguments
+
+    add_node_arguments(p)
+    p.set_defaults(func=cmd_node)
 
     args = parser.parse_args(argv)
     # Handlers are named "module:function" relative to the directory alto runs in.

@@ -23,6 +23,7 @@ from typing import IO, Any
 
 import zmq
 
+from alto_bus import keys
 from alto_bus import topology as topo_mod
 from alto_bus import wire
 from alto_bus.sockets import make_socket
@@ -79,17 +80,24 @@ class Supervisor:
         self.addresses = _read_announcement(broker.proc, timeout=30)
         self._print(f"gateway {self.addresses['gateway']}")
         self._print(f"control {self.addresses['control']}")
+        pooled = {s for p in topology.pools for s in p.stages}
+        for pool in topology.pools:
+            for r in range(pool.replicas):
+                self._spawn(f"pool {pool.name}#{r}", ["worker", "--broker", self.addresses["control"],
+                                                      "--pool", pool.name, *curve_args(topology)])
         for stage in topology.stages:
+            if stage.name in pooled:
+                continue
             for r in range(stage.replicas):
                 self._spawn(f"{stage.name}#{r}", ["worker", "--broker", self.addresses["control"],
-                                                  "--stage", stage.name], stage=stage.name)
+                                                  "--stage", stage.name, *curve_args(topology)], stage=stage.name)
         self._await_ready(topology)
         self._print("ready")
 
     def _await_ready(self, topology: topo_mod.Topology) -> None:
         reported: set[str] = set()
         deadline = time.monotonic() + self.ready_timeout
-        with StatusProbe(self.addresses["control"]) as probe:
+        with StatusProbe(self.addresses["control"], curve=keys.topology_curve(topology, "broker")) as probe:
             while True:
                 self._check_children()
                 status = probe.query(timeout=1.0)
@@ -160,6 +168,12 @@ class Supervisor:
         print(line, file=self.out, flush=True)
 
 
+def curve_args(topology: topo_mod.Topology, key: str | None = None) -> list[str]:
+    """``alto worker`` options for the topology's [security] (none when it has none)."""
+    sec = topology.security
+    return [] if sec is None else ["--key", key or sec.worker_key, "--broker-key", sec.broker_key]
+
+
 def _read_announcement(proc: subprocess.Popen, timeout: float) -> dict[str, str]:
     ready, _, _ = select.select([proc.stdout], [], [], timeout)
     if not ready:
@@ -173,9 +187,10 @@ def _read_announcement(proc: subprocess.Popen, timeout: float) -> dict[str, str]
 class StatusProbe:
     """Ask a broker for its status (used by the launcher and ``alto status``)."""
 
-    def __init__(self, control: str) -> None:
+    def __init__(self, control: str, curve: Any = None) -> None:
         self.ctx = zmq.Context.instance()
-        self.sock = make_socket(self.ctx, zmq.DEALER, connect=control)
+        self.sock = make_socket(self.ctx, zmq.DEALER, connect=control,
+                                curve=curve.to_broker("status probe") if curve else None)
 
     def __enter__(self) -> StatusProbe:
         return self

@@ -25,6 +25,8 @@ class Instance:
     depth: int = 0                       # queue depth in the last heartbeat
     held: list[int] = field(default_factory=list)  # request ids it holds, last heartbeat
     draining: bool = False               # left the routing table, finishing its work
+    pool: str | None = None              # an LM pool's member serves one stage per prompt
+    member: str | None = None
     stats: dict[str, Any] = field(default_factory=dict)
 
 
@@ -111,7 +113,8 @@ class Membership:
                 loads = {iid: self.instances[iid].depth for iid in ids}
                 keys[stage] = KeyTable.build(self.epoch, ids, loads, eps=eps).to_dict()
         self.complete = all(stages.get(name) for name in self.stage_names)
-        return {"epoch": self.epoch, "stages": stages, "keys": keys, "dead": list(self.dead_ids)}
+        members = {i.iid: i.member for i in self.instances.values() if i.member is not None}
+        return {"epoch": self.epoch, "stages": stages, "keys": keys, "members": members, "dead": list(self.dead_ids)}
 
     def routable(self, stage: str) -> list[int]:
         return [iid for iid, _ in self.table["stages"].get(stage, [])]

@@ -68,6 +68,46 @@ class Outbox:
         self.sender: asyncio.Task | None = None
 
 
+class PoolRoute:
+    """Routing to a next stage served by an LM pool: the pool's scheduling policy picks
+    among the instances the broker placed this prompt on (spilling when they are all
+    loaded), with loads summed per pool member (one engine serves several prompts)."""
+
+    __slots__ = ("prompt", "policy", "placement", "member_of", "iid_of", "member_loads", "sent")
+
+    def __init__(self, prompt: str, policy: Any) -> None:
+        self.prompt = prompt
+        self.policy = policy
+        self.placement: Any = None
+        self.member_of: dict[int, str] = {}   # next-stage instance -> pool member
+        self.iid_of: dict[str, int] = {}      # pool member -> next-stage instance
+        self.member_loads: dict[str, int] = {}
+        self.sent: dict[str, int] = {}
+
+    def update(self, placement: dict | None, member_loads: dict | None) -> None:
+        from alto_bus.scheduling import Placement
+
+        if placement is not None:
+            self.placement = Placement.from_dict(placement)
+        if member_loads is not None:
+            self.member_loads = {str(m): int(v) for m, v in member_loads.items()}
+            self.sent = {}
+
+    def members(self, members: dict, ids: list[int]) -> None:
+        self.member_of = {i: str(members[i]) for i in ids if i in members}
+        self.iid_of = {m: i for i, m in self.member_of.items()}
+
+    def pick(self) -> int | None:
+        if self.placement is None or not self.iid_of:
+            return None
+        loads = {m: self.member_loads.get(m, 0) + self.sent.get(m, 0) for m in self.iid_of}
+        member = self.policy.choose(self.prompt, self.placement, loads)
+        iid = self.iid_of.get(member)
+        if iid is not None:
+            self.sent[member] = self.sent.get(member, 0) + 1
+        return iid
+
+
 class Worker:
     """One instance of a stage. Embed it in a process, or let ``alto worker`` run it.
 
@@ -88,10 +128,19 @@ class Worker:
         drain_timeout: float = 30.0,
         broker_timeout: float | None = None,
         seed: int | None = None,
+        logic_factory: Callable[[StageConfig], StageLogic] | None = None,
+        labels: dict[str, Any] | None = None,
+        curve: Any = None,
+        host: str | None = None,
     ) -> None:
         self.stage = stage
+        self.curve = curve  # alto_bus.keys.Curve: CURVE on every link (the broker says whom the inbox lets in)
+        self.host = host or socket.gethostname()  # the name the broker reports (a [[host]] name in a cluster)
         self.broker = broker
         self._handler = handler
+        self._logic_factory = logic_factory  # builds the stage from its config (a pool's shared engine)
+        self._labels = labels or {}          # sent with "ready": e.g. the pool and member it belongs to
+        self._pool_route: PoolRoute | None = None
         self._inbox_addr = inbox
         self._advertise = advertise
         self.connect_timeout = connect_timeout
@@ -112,6 +161,8 @@ class Worker:
         self._events: dict[str, asyncio.Future] = {}
         self._stop_now = False
         self._draining = False
+        self._left_epoch: int | None = None  # the epoch that took this instance out of routing
+        self._oldest_epoch = 0                # oldest epoch a request in flight uses (broker's loads)
         self._wakeup: asyncio.Event | None = None
         self._inbox: zmq.Socket | None = None
         self._paused = False
@@ -177,24 +228,35 @@ class Worker:
         self._loop = asyncio.get_running_loop()
         self._wakeup = asyncio.Event()
         self._control = ControlLink(zmq.Context.instance(), self.broker, self._deliver, self._snapshot,
-                                    broker_timeout=self.broker_timeout)
+                                    broker_timeout=self.broker_timeout,
+                                    curve=self.curve.to_broker("control link") if self.curve else None)
         self._control.start()
         inbox = None
         try:
-            self._control.send("hello", {"stage": self.stage, "pid": os.getpid(), "host": socket.gethostname()})
+            self._control.send("hello", {"stage": self.stage, "pid": os.getpid(), "host": self.host})
             welcome = await self._expect("welcome", f"the broker at {self.broker} did not answer")
             self.config = StageConfig.from_dict(welcome["config"])
             if welcome.get("next"):
                 self._next_key_depth = StageConfig.from_dict(welcome["next"]).key_depth
+            if welcome.get("next_pool"):
+                from alto_bus.scheduling import make_policy
+
+                np = welcome["next_pool"]
+                self._pool_route_pool = np["name"]
+                self._pool_route = PoolRoute(welcome["next"]["name"],
+                                             make_policy(np["policy"], **(np.get("policy_args") or {})))
             self._results_addr = welcome["results"]
             self.logic = self._build_logic(self.config)
             self.logic.bind(self)
             await self.logic.start()
             inbox = make_socket(zmq.Context.instance(), zmq.PULL, bind=self._inbox_addr or self.config.inbox,
-                                hwm=1000)
+                                hwm=1000, curve=self.curve.with_allowed(welcome.get("allowed", ())).server(
+                                    f"stage {self.stage} inbox") if self.curve else None)
             self.address = advertised(bound_address(inbox), self._advertise or self.config.advertise)
+            if self.curve:  # senders learn the inbox's public key with its address
+                self.address = self.curve.advertise(self.address)
             self._control.send("ready", {"stage": self.stage, "address": self.address,
-                                         "pid": os.getpid(), "host": socket.gethostname()})
+                                         "pid": os.getpid(), "host": self.host, **self._labels})
             registered = await self._expect("registered", "the broker did not confirm the registration")
             self.iid = int(registered["iid"])
             log.info("stage %s: instance %d serving on %s", self.stage, self.iid, self.address)
@@ -248,7 +310,14 @@ class Worker:
             self._apply_table(body)
         elif op == "loads":
             self.loads.update({int(k): int(v) for k, v in body.get("loads", {}).items()})
-            self._forget_epochs_before(int(body.get("oldest", 0)))
+            self._oldest_epoch = int(body.get("oldest", 0))
+            self._forget_epochs_before(self._oldest_epoch)
+            route = self._pool_route
+            if route is not None:
+                pool = self._pool_route_pool
+                route.update(body.get("placements", {}).get(pool), body.get("member_loads", {}).get(pool))
+        elif op == "left":
+            self._left_epoch = int(self._table["epoch"])  # that table came just before "left"
         elif op == "cancel":
             self._cancel(body.get("rids", []))
         elif op == "shutdown":
@@ -265,19 +334,34 @@ class Worker:
         if drain and not self._draining and self.iid is not None and not self._stop_now:
             self._draining = True
             self._control.send("leave", {})
+            self._loop.call_later(self.drain_timeout, self._drain_expired)
         else:
             self._stop_now = True
         self._wakeup.set()
+
+    def _drain_expired(self) -> None:
+        if not self._stop_now:
+            log.warning("stage %s: not drained after %g s; leaving (the broker fails what it holds)",
+                        self.stage, self.drain_timeout)
+            self._stop_now = True
+            self._wakeup.set()
 
     def _snapshot(self) -> dict[str, Any]:
         """Heartbeat body (called from the control thread: copies only)."""
         logic = self.logic
         held = set(self._inflight)
         depth = self._inflight_total
+        body: dict[str, Any] = {"depth": depth, "stats": dict(self.stats)}
         if logic is not None:
             held.update(logic.held())
-            depth += logic.depth()
-        return {"depth": depth, "held": list(held)[:100_000], "stats": dict(self.stats)}
+            body["depth"] = depth + logic.depth()
+            prompt_stats = getattr(logic, "prompt_stats", None)
+            if prompt_stats is not None:
+                body["prompt"] = prompt_stats()
+        if self._pool_route is not None:
+            body["spills"] = self._pool_route.policy.drain_spills()
+        body["held"] = list(held)[:100_000]
+        return body
 
     # -- routing tables ----------------------------------------------------------------
 
@@ -289,6 +373,8 @@ class Worker:
         self._dead.update(int(i) for i in table.get("dead", ()))
         nxt = self.config.next if self.config else None
         self._next_ids = [int(iid) for iid, _ in table["stages"].get(nxt, [])] if nxt else []
+        if self._pool_route is not None:
+            self._pool_route.members({int(k): v for k, v in table.get("members", {}).items()}, self._next_ids)
         keys = table.get("keys", {}).get(nxt) if nxt else None
         if keys is not None:
             self._keys[epoch] = KeyTable.from_dict(keys)
@@ -337,7 +423,10 @@ class Worker:
         out = self._outs.get(dest)
         if out is None:
             address = self._address_of(dest)
-            asock = make_socket(zmq.asyncio.Context.instance(), zmq.PUSH, connect=address, immediate=True)
+            curve = None if self.curve is None else (
+                self.curve.to_broker("results") if dest == GATEWAY else self.curve.to_peer(f"instance {dest}"))
+            asock = make_socket(zmq.asyncio.Context.instance(), zmq.PUSH, connect=address, immediate=True,
+                                curve=curve)
             out = self._outs[dest] = Outbox(dest, address, asock)
         return out
 
@@ -414,13 +503,21 @@ class Worker:
                 key = tuple(path)
                 dest = self._sticky.get(key)
                 if dest is None:
-                    dest = self._sticky[key] = pow2_choice(ids, self.loads, self.rng)
+                    dest = self._sticky[key] = self._pick(ids)
                 if msg[4]:
                     del self._sticky[key]
             else:
-                dest = pow2_choice(ids, self.loads, self.rng)
+                dest = self._pick(ids)
             self.loads.note_sent(dest)
         self._send(self._outbox(dest), msg, nxt or self.stage)
+
+    def _pick(self, ids: list[int]) -> int:
+        route = self._pool_route
+        if route is not None:
+            dest = route.pick()
+            if dest is not None and dest in self._addresses:
+                return dest
+        return pow2_choice(ids, self.loads, self.rng)
 
     def _key_owner(self, msg: list, path: list, kd: int) -> int | None:
         """The owner of this item's group in the request's epoch (None: parked or failed)."""
@@ -553,8 +650,19 @@ class Worker:
             self._loop.call_soon(self._on_readable)
 
     def _idle(self) -> bool:
+        # Stage state counts too: a draining aggregate keeps its open groups of older epochs.
         return (not self._inflight_total and not self._blocked
-                and not any(o.backlog for o in self._outs.values()))
+                and not any(o.backlog for o in self._outs.values())
+                and not (self.logic is not None and any(True for _ in self.logic.held()))
+                and not self._owns_old_keys())
+
+    def _owns_old_keys(self) -> bool:
+        # Senders route a keyed hop by the request's epoch: a draining instance of a keyed
+        # stage still owns keys until no request of an epoch it was routable in is in flight
+        # (their items may not have reached it yet).
+        if not self._draining or self.config is None or self.config.key_depth is None:
+            return False
+        return self._left_epoch is None or self._oldest_epoch < self._left_epoch
 
     def _on_frame(self, frame: bytes) -> None:
         self.stats["frames_in"] += 1
@@ -596,6 +704,8 @@ class Worker:
             log.warning("stage %s: dropped a malformed message (%d so far): %s", self.stage, n, what)
 
     def _build_logic(self, config: StageConfig) -> StageLogic:
+        if self._logic_factory is not None:
+            return self._logic_factory(config)
         handler = self._handler
         if isinstance(handler, StageLogic):
             return handler

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +47,8 @@ COMMON_STAGE_FIELDS: dict[str, tuple[tuple[type, ...], Any]] = {
     "concurrency": ((int,), 256),       # async handler calls in flight per instance
     "flush_ms": ((int, float), 1.0),    # max time a message waits in a coalescing batch
     "batch_bytes": ((int,), 64 * 1024), # frame size at which a batch is sent at once
+    "hosts": ((list,), None),           # [[host]] names its instances may run on (default: any)
+    "gpus": ((int,), None),             # GPUs per instance (default: tensor_parallel_size of a vllm stage, else 0)
 }
 
 KIND_FIELDS: dict[str, dict[str, tuple[tuple[type, ...], Any]]] = {
@@ -61,7 +64,8 @@ KIND_FIELDS: dict[str, dict[str, tuple[tuple[type, ...], Any]]] = {
         "eps": ((int, float), 0.25),     # bounded load: skip instances over (1 + eps) x mean
     },
     "lm": {
-        "engine": ((str,), _MISSING),     # "sim" or "vllm"
+        "pool": ((str,), None),           # a [[pool]] of LM instances shared with other prompts
+        "engine": ((str,), None),         # "sim" or "vllm" (without a pool)
         "model": ((str,), None),
         "engine_args": ((dict,), None),   # vllm: engine arguments; sim: SimParams overrides
         "prompt": ((str,), None),         # a template with {named} fields from the input item
@@ -82,8 +86,31 @@ KIND_FIELDS: dict[str, dict[str, tuple[tuple[type, ...], Any]]] = {
     },
 }
 
+# A pool: LM instances shared by the LM stages that name it, one engine each.
+POOL_FIELDS: dict[str, tuple[tuple[type, ...], Any]] = {
+    "name": ((str,), _MISSING),
+    "engine": ((str,), _MISSING),
+    "model": ((str,), None),
+    "engine_args": ((dict,), None),
+    "replicas": ((int,), 1),
+    "policy": ((str,), "prompt-aware"),   # prompt-aware, least-loaded, round-robin, affinity, or registered
+    "policy_args": ((dict,), None),
+    "script": ((str,), None),
+    "script_args": ((dict,), None),
+    "seed": ((int,), None),
+    "inbox": ((str,), "tcp://127.0.0.1:0"),
+    "advertise": ((str,), None),
+    "concurrency": ((int,), 1024),
+    "flush_ms": ((int, float), 1.0),
+    "batch_bytes": ((int,), 64 * 1024),
+    "queue": ((int,), 4096),
+}
+# Fields an LM stage on a pool takes from the pool, not from its own table.
+POOL_OWNED = ("engine", "model", "engine_args", "script", "script_args", "replicas")
+
 # Kinds whose checks live with the worker kinds; loaded by name.
 LM_CHECK = "workers.lm.worker:check"
+MAKE_POLICY = "alto_bus.scheduling:make_policy"
 MAKE_OPERATOR = "workers.aggregate:make_operator"
 
 
@@ -117,6 +144,8 @@ class StageConfig:
     fans_out: bool = False         # each input item becomes children path + [i]
     out_depth: int = 1             # length of the paths this stage emits
     key_depth: int | None = None   # keyed routing of this stage's input on path[:key_depth]
+    hosts: list[str] | None = None  # [[host]] names its instances may run on
+    gpus: int | None = None         # GPUs per instance, when given
 
     def to_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -127,10 +156,47 @@ class StageConfig:
 
 
 @dataclass(frozen=True)
+class PoolConfig:
+    name: str
+    engine: str
+    model: str | None
+    engine_args: dict | None
+    replicas: int
+    policy: str
+    policy_args: dict | None
+    script: str | None
+    script_args: dict | None
+    seed: int | None
+    inbox: str
+    advertise: str | None
+    concurrency: int
+    flush_ms: float
+    batch_bytes: int
+    queue: int
+    stages: tuple[str, ...] = ()   # the LM stages that name this pool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PoolConfig:
+        return cls(**{k: (tuple(v) if k == "stages" else v) for k, v in d.items() if k in cls.__dataclass_fields__})
+
+
+@dataclass(frozen=True)
 class Topology:
     source: str
     broker: BrokerConfig
     stages: tuple[StageConfig, ...]  # entry first, sink-most last
+    pools: tuple[PoolConfig, ...] = ()
+    hosts: tuple[HostConfig, ...] = ()      # [[host]]: where instances run (empty: this machine)
+    security: SecurityConfig | None = None  # [security]: CURVE on every link
+
+    def pool(self, name: str) -> PoolConfig:
+        for p in self.pools:
+            if p.name == name:
+                return p
+        raise TopologyError(f"{self.source}: no pool named {name!r}")
 
     def stage(self, name: str) -> StageConfig:
         for s in self.stages:
@@ -157,9 +223,10 @@ def load(path: str | Path, *, check_handlers: bool = True) -> Topology:
 
 def parse(raw: dict[str, Any], *, source: str = "<topology>", check_handlers: bool = True) -> Topology:
     """Validate a topology given as a dict (what the TOML decodes to)."""
-    unknown = set(raw) - {"broker", "stage"}
+    unknown = set(raw) - {"broker", "stage", "pool", "host", "security"}
     if unknown:
-        raise TopologyError(f"{source}: unknown top-level table(s) {sorted(unknown)}; expected [broker] and [[stage]]")
+        raise TopologyError(f"{source}: unknown top-level table(s) {sorted(unknown)}; "
+                            "expected [broker], [[pool]] and [[stage]]")
     broker_raw = raw.get("broker", {})
     if not isinstance(broker_raw, dict):
         raise TopologyError(f"{source}: [broker] must be a table")
@@ -174,8 +241,43 @@ def parse(raw: dict[str, Any], *, source: str = "<topology>", check_handlers: bo
     stages_raw = raw.get("stage")
     if not isinstance(stages_raw, list) or not stages_raw:
         raise TopologyError(f"{source}: no [[stage]] tables: a topology needs at least one stage")
-    stages = [_stage(s, i, source, check_handlers) for i, s in enumerate(stages_raw)]
-    return Topology(source=source, broker=broker, stages=tuple(_chain(stages, source)))
+    pools_raw = raw.get("pool", [])
+    if not isinstance(pools_raw, list):
+        raise TopologyError(f"{source}: [[pool]] must be an array of tables")
+    pools = {p.name: p for p in (_pool(p, i, source) for i, p in enumerate(pools_raw))}
+    if len(pools) != len(pools_raw):
+        raise TopologyError(f"{source}: two [[pool]] tables have the same name")
+    stages = [_stage(s, i, source, check_handlers, pools) for i, s in enumerate(stages_raw)]
+    chain = tuple(_chain(stages, source))
+    users = {name: tuple(s.name for s in chain if s.fields.get("pool") == name) for name in pools}
+    for name, names in users.items():
+        if not names:
+            raise TopologyError(f"{source}: pool {name!r}: no LM stage names it (field 'pool' of an lm stage)")
+    pools_out = tuple(_replace_pool(p, stages=users[p.name]) for p in pools.values())
+    return _with_hosts(Topology(source=source, broker=broker, stages=chain, pools=pools_out), raw)
+
+
+def _replace_pool(p: PoolConfig, **changes: Any) -> PoolConfig:
+    d = p.to_dict()
+    d.update(changes)
+    return PoolConfig(**d)
+
+
+def _pool(raw: Any, index: int, source: str) -> PoolConfig:
+    label = f"{source}: pool {raw.get('name', '#' + str(index + 1))!r}" if isinstance(raw, dict) \
+        else f"{source}: pool #{index + 1}"
+    values = _fields(raw, POOL_FIELDS, label)
+    if values["replicas"] < 1:
+        raise TopologyError(f"{label}: field 'replicas' must be >= 1, got {values['replicas']}")
+    _address(values["inbox"], f"{label} field 'inbox'")
+    import_object(LM_CHECK.replace(":check", ":check_engine"))(values, label, TopologyError)
+    try:
+        import_object(MAKE_POLICY)(values["policy"], **(values["policy_args"] or {}))
+    except ValueError as exc:
+        raise TopologyError(f"{label}: field 'policy': {exc}") from None
+    except TypeError as exc:
+        raise TopologyError(f"{label}: field 'policy_args': {exc}") from None
+    return PoolConfig(**values)
 
 
 def _fields(raw: dict, spec: dict, where: str) -> dict[str, Any]:
@@ -207,7 +309,8 @@ def _address(value: str, where: str) -> None:
         raise TopologyError(str(exc)) from None
 
 
-def _stage(raw: Any, index: int, source: str, check_handlers: bool) -> StageConfig:
+def _stage(raw: Any, index: int, source: str, check_handlers: bool,
+           pools: dict[str, PoolConfig] | None = None) -> StageConfig:
     label = f"{source}: stage {raw.get('name', '#' + str(index + 1))!r}" if isinstance(raw, dict) else f"{source}: stage #{index + 1}"
     if not isinstance(raw, dict):
         raise TopologyError(f"{label}: must be a table")
@@ -231,6 +334,17 @@ def _stage(raw: Any, index: int, source: str, check_handlers: bool) -> StageConf
     elif kind == "aggregate":
         _check_aggregate(values, common, label)
     elif kind == "lm":
+        pool = values.get("pool")
+        if pool is not None:
+            if pool not in (pools or {}):
+                raise TopologyError(f"{label}: field 'pool': no [[pool]] named {pool!r}")
+            given = [f for f in POOL_OWNED if f in raw]
+            if given:
+                raise TopologyError(f"{label}: field '{given[0]}': a stage on pool {pool!r} takes it from the pool")
+            p = pools[pool]
+            values.update(engine=p.engine, model=p.model, engine_args=p.engine_args, script=p.script,
+                          script_args=p.script_args)
+            common["replicas"] = p.replicas
         import_object(LM_CHECK)(values, label, TopologyError)
         fans_out = values["emit"] != "text"
     return StageConfig(**common, fields=values, fans_out=fans_out)
@@ -351,3 +465,132 @@ def import_object(spec: str) -> Callable[..., Any]:
         except AttributeError:
             raise ImportError(f"module {module_name!r} has no attribute {attr!r}") from None
     return obj
+
+
+# -- hosts and security (across nodes) ---------------------------------------------------
+
+HOST_FIELDS: dict[str, tuple[tuple[type, ...], Any]] = {
+    "name": ((str,), _MISSING),
+    "address": ((str,), _MISSING),   # the address peers reach this host at (name or IP)
+    "gpus": ((int,), 0),
+    "ssh_user": ((str,), None),
+    "ssh_port": ((int,), None),
+    "key": ((str,), None),           # this host's instances' public key file (default: [security] worker_key)
+}
+
+SECURITY_FIELDS: dict[str, tuple[tuple[type, ...], Any]] = {
+    "broker_key": ((str,), _MISSING),    # the broker's public key file; its secret is the _secret sibling
+    "worker_key": ((str,), _MISSING),    # the instances' public key file (per host: [[host]] key)
+    "allowed_keys": ((str,), _MISSING),  # directory of the public keys (*.key) of clients and other peers
+}
+
+
+@dataclass(frozen=True)
+class HostConfig:
+    name: str
+    address: str
+    gpus: int
+    ssh_user: str | None
+    ssh_port: int | None
+    key: str | None
+
+
+@dataclass(frozen=True)
+class SecurityConfig:
+    broker_key: str      # absolute paths (the file names them relative to its own folder)
+    worker_key: str
+    allowed_keys: str
+
+    def host_key(self, host: HostConfig | None) -> str:
+        """The public key file of the instances on ``host``."""
+        return host.key if host is not None and host.key else self.worker_key
+
+
+def _with_hosts(topo: Topology, raw: dict[str, Any]) -> Topology:
+    """Validate ``[[host]]``, stage placement and ``[security]``; add them to the topology."""
+    import dataclasses
+
+    from alto_bus import keys
+
+    source = topo.source
+    folder = Path(source).resolve().parent if Path(source).suffix else Path.cwd()
+    hosts_raw = raw.get("host", [])
+    if not isinstance(hosts_raw, list):
+        raise TopologyError(f"{source}: [[host]] must be an array of tables")
+    hosts = []
+    for i, h in enumerate(hosts_raw):
+        label = f"{source}: host {h.get('name', '#' + str(i + 1))!r}" if isinstance(h, dict) else f"{source}: host #{i + 1}"
+        values = _fields(h, HOST_FIELDS, label)
+        if not re.fullmatch(r"[A-Za-z0-9_.\-]+|\[[0-9a-fA-F:]+\]", values["address"]):
+            raise TopologyError(f"{label}: field 'address': {values['address']!r} is not a host name or IP address")
+        if values["gpus"] < 0:
+            raise TopologyError(f"{label}: field 'gpus' must be >= 0, got {values['gpus']}")
+        if values["key"] is not None:
+            values["key"] = str(folder / values["key"])
+        hosts.append(HostConfig(**values))
+    names = [h.name for h in hosts]
+    for n in names:
+        if names.count(n) > 1:
+            raise TopologyError(f"{source}: host {n!r}: field 'name': two [[host]] tables are named {n!r}")
+    for s in topo.stages:
+        if s.hosts is not None and not hosts:
+            raise TopologyError(f"{source}: stage {s.name!r}: field 'hosts': the file has no [[host]] tables")
+        if s.hosts is not None and not all(isinstance(h, str) for h in s.hosts):
+            raise TopologyError(f"{source}: stage {s.name!r}: field 'hosts' must be a list of host names")
+        if s.gpus is not None and s.gpus < 0:
+            raise TopologyError(f"{source}: stage {s.name!r}: field 'gpus' must be >= 0, got {s.gpus}")
+    security = None
+    if "security" in raw:
+        values = _fields(raw["security"], SECURITY_FIELDS, f"{source}: [security]")
+        values = {k: str(folder / v) for k, v in values.items()}
+        security = SecurityConfig(**values)
+        checks = [("broker_key", security.broker_key, keys.load_public),
+                  ("worker_key", security.worker_key, keys.load_public),
+                  ("allowed_keys", security.allowed_keys, keys.load_allowed)]
+        for name, path, check in checks:
+            try:
+                check(path)
+            except keys.KeyFileError as exc:
+                raise TopologyError(f"{source}: [security] field '{name}': {exc}") from None
+        for h in hosts:
+            if h.key is not None:
+                try:
+                    keys.load_public(h.key)
+                except keys.KeyFileError as exc:
+                    raise TopologyError(f"{source}: host {h.name!r}: field 'key': {exc}") from None
+    elif any(h.key for h in hosts):
+        raise TopologyError(f"{source}: host {next(h.name for h in hosts if h.key)!r}: field 'key': "
+                            "keys need a [security] table")
+    topo = dataclasses.replace(topo, hosts=tuple(hosts), security=security)
+    if hosts:
+        place_instances(topo)  # refuse what does not fit, before anything starts
+    return topo
+
+
+def gpus_per_instance(stage: StageConfig) -> int:
+    """GPUs one instance of ``stage`` takes: its ``gpus``, else a vllm stage's parallel size."""
+    if stage.gpus is not None:
+        return stage.gpus
+    if stage.kind == "lm" and stage.fields.get("engine") == "vllm":
+        args = stage.fields.get("engine_args") or {}
+        return int(args.get("tensor_parallel_size", 1)) * int(args.get("pipeline_parallel_size", 1))
+    return 0
+
+
+def place_instances(topo: Topology, host_names: list[str] | None = None):  # -> placement.Placement
+    """Per host (all, or the named ones in that order), its instances and their GPUs."""
+    from alto_bus import placement
+
+    hosts = list(topo.hosts)
+    if host_names is not None:
+        known = {h.name: h for h in hosts}
+        for n in host_names:
+            if n not in known:
+                raise TopologyError(f"{topo.source}: no [[host]] named {n!r} (hosts: {', '.join(known) or 'none'})")
+        hosts = [known[n] for n in host_names]
+    demands = [placement.Demand(s.name, s.replicas, gpus_per_instance(s), tuple(s.hosts) if s.hosts else None)
+               for s in topo.stages]
+    try:
+        return placement.place([placement.Host(h.name, h.gpus) for h in hosts], demands)
+    except placement.PlacementError as exc:
+        raise TopologyError(f"{topo.source}: {exc}") from None

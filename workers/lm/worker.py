@@ -57,8 +57,8 @@ class Template:
         return self.text.format_map({f: values[f] for f in self.fields})
 
 
-def make_engine(config: StageConfig) -> Engine:
-    f = config.fields
+def make_engine(f: dict) -> Engine:
+    """The engine described by a stage's or a pool's fields."""
     args = dict(f.get("engine_args") or {})
     if f["engine"] == "sim":
         from workers.lm.sim import SimEngine
@@ -76,8 +76,9 @@ def make_engine(config: StageConfig) -> Engine:
 class LMStage(StageLogic):
     def __init__(self, engine: Engine, template: Template, params: SamplingParams, *, emit: str,
                  stream: bool, prompt_name: str, script_key: str | None, output_field: str | None,
-                 max_prompt_chars: int | None = None) -> None:
+                 max_prompt_chars: int | None = None, owns_engine: bool = True) -> None:
         self.engine = engine
+        self.owns_engine = owns_engine  # False on a pool: the worker starts and stops it once
         self.template = template
         self.params = params
         self.emit = emit
@@ -91,10 +92,12 @@ class LMStage(StageLogic):
         self._running: dict[int, set[str]] = {}  # rid -> engine request ids
 
     async def start(self) -> None:
-        await self.engine.start()
+        if self.owns_engine:
+            await self.engine.start()
 
     async def close(self) -> None:
-        await self.engine.shutdown()
+        if self.owns_engine:
+            await self.engine.shutdown()
 
     def on_data(self, path: list, seq: int, payload: Any, final: bool, epoch: int) -> None:
         if not final:
@@ -182,6 +185,16 @@ class LMStage(StageLogic):
     def held(self) -> Iterable[int]:
         return list(self._running)
 
+    def prompt_stats(self) -> dict[str, Any]:
+        """This prompt's engine counters, for the broker's pool scheduler (any thread)."""
+        st = self.engine.stats()
+        p = st.prompts.get(self.prompt_name)
+        out: dict[str, Any] = {"cache_queries": st.cache_queries, "cache_hits": st.cache_hits}
+        if p is not None:
+            out.update(prefill_tokens=p.prefill_tokens, cached_tokens=p.cached_tokens,
+                       decode_tokens=p.decode_tokens, running=p.running, waiting=p.waiting)
+        return out
+
     def depth(self) -> int:
         return sum(len(v) for v in self._running.values())
 
@@ -192,25 +205,46 @@ def _prompt_text(f: dict) -> str:
     return import_object(f["prompt_from"])
 
 
-def build_stage(config: StageConfig) -> LMStage:
+def build_stage(config: StageConfig, engine: Engine | None = None) -> LMStage:
+    """The LM stage; with ``engine`` given (a pool's), the stage shares it and does not own it."""
     f = config.fields
     params = SamplingParams(max_tokens=f["max_tokens"], temperature=f["temperature"],
                             stop=tuple(f.get("stop") or ()), ignore_eos=f["ignore_eos"], seed=f.get("seed"))
-    return LMStage(make_engine(config), Template(_prompt_text(f)), params, emit=f["emit"], stream=f["stream"],
-                   prompt_name=f.get("prompt_name") or config.name, script_key=f.get("script_key"),
-                   output_field=f.get("output_field"), max_prompt_chars=f.get("max_prompt_chars"))
+    return LMStage(engine or make_engine(f), Template(_prompt_text(f)), params, emit=f["emit"],
+                   stream=f["stream"], prompt_name=f.get("prompt_name") or config.name,
+                   script_key=f.get("script_key"), output_field=f.get("output_field"),
+                   max_prompt_chars=f.get("max_prompt_chars"), owns_engine=engine is None)
 
 
 def fans_out(fields: dict) -> bool:
     return fields["emit"] != "text"
 
 
-def check(fields: dict, label: str, error: Callable[[str], Exception]) -> None:
-    """Validation the topology runs before anything starts."""
+def check_engine(fields: dict, label: str, error: Callable[[str], Exception]) -> None:
+    """The engine fields of an LM stage or a pool."""
+    if fields.get("engine") is None:
+        raise error(f"{label}: missing required field 'engine' ('sim' or 'vllm'), or 'pool'")
     if fields["engine"] not in ("sim", "vllm"):
         raise error(f"{label}: field 'engine' must be 'sim' or 'vllm', got {fields['engine']!r}")
     if fields["engine"] == "vllm" and not fields.get("model"):
         raise error(f"{label}: missing required field 'model' (engine 'vllm')")
+    if fields["engine"] == "sim":
+        from workers.lm.sim_model import SimParams
+
+        try:
+            SimParams.from_dict(fields.get("engine_args") or {})
+        except ValueError as exc:
+            raise error(f"{label}: field 'engine_args': {exc}") from None
+        if fields.get("script"):
+            try:
+                import_object(fields["script"])
+            except ImportError as exc:
+                raise error(f"{label}: field 'script': {exc}") from None
+
+
+def check(fields: dict, label: str, error: Callable[[str], Exception]) -> None:
+    """Validation the topology runs before anything starts."""
+    check_engine(fields, label, error)
     if (fields.get("prompt") is None) == (fields.get("prompt_from") is None):
         raise error(f"{label}: give exactly one of the fields 'prompt' and 'prompt_from'")
     try:
@@ -228,15 +262,3 @@ def check(fields: dict, label: str, error: Callable[[str], Exception]) -> None:
                     f"got {fields['emit']!r}")
     if fields["max_tokens"] < 1:
         raise error(f"{label}: field 'max_tokens' must be >= 1")
-    if fields["engine"] == "sim":
-        from workers.lm.sim_model import SimParams
-
-        try:
-            SimParams.from_dict(fields.get("engine_args") or {})
-        except ValueError as exc:
-            raise error(f"{label}: field 'engine_args': {exc}") from None
-        if fields.get("script"):
-            try:
-                import_object(fields["script"])
-            except ImportError as exc:
-                raise error(f"{label}: field 'script': {exc}") from None

@@ -1,0 +1,81 @@
+"""One member of an LM pool: one engine, serving every LM stage (prompt) of the pool.
+
+The process asks the broker for the pool's configuration, starts the engine once, and
+runs one :class:`~alto_bus.runtime.Worker` per stage of the pool in one event loop,
+each an instance of its stage with its own inbox; the stages share the engine, so a
+prompt's prefix stays cached where the broker keeps placing that prompt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from typing import Any
+
+import zmq
+
+from alto_bus import wire
+from alto_bus.runtime import Worker, WorkerError
+from alto_bus.sockets import make_socket
+from alto_bus.topology import PoolConfig, StageConfig, import_object
+
+MAKE_ENGINE = "workers.lm.worker:make_engine"
+BUILD_STAGE = "workers.lm.worker:build_stage"
+
+
+def pool_info(broker: str, pool: str, timeout: float, **sock_opts: Any) -> dict:
+    """The pool's configuration and its stages' configurations, from the broker."""
+    sock = make_socket(zmq.Context.instance(), zmq.DEALER, connect=broker, **sock_opts)
+    try:
+        sock.send(wire.encode_control("pool_info", {"pool": pool}))
+        if not sock.poll(timeout * 1000):
+            raise WorkerError(f"the broker at {broker} did not answer within {timeout:g} s")
+        op, body = wire.decode_control(sock.recv())
+    finally:
+        sock.close(linger=0)
+    if op == "reject":
+        raise WorkerError(f"the broker refused pool {pool!r}: {body.get('reason')}")
+    if op != "pool_info":
+        raise WorkerError(f"the broker answered {op!r} to a pool_info request")
+    return body
+
+
+class PoolMember:
+    def __init__(self, pool: str, broker: str, *, connect_timeout: float = 30.0, **worker_args: Any) -> None:
+        self.pool = pool
+        self.broker = broker
+        self.connect_timeout = connect_timeout
+        self.worker_args = worker_args
+        self.member = f"{worker_args.get('host') or socket.gethostname()}:{os.getpid()}"
+        self.workers: list[Worker] = []
+        self._stopping = False
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        info = await loop.run_in_executor(None, pool_info, self.broker, self.pool, self.connect_timeout)
+        pool = PoolConfig.from_dict(info["pool"])
+        engine = import_object(MAKE_ENGINE)(pool.to_dict())
+        build = import_object(BUILD_STAGE)
+        await engine.start()
+        try:
+            self.workers = [
+                Worker(stage=name, broker=self.broker, connect_timeout=self.connect_timeout,
+                       logic_factory=lambda cfg: build(cfg, engine),
+                       labels={"pool": self.pool, "member": self.member}, **self.worker_args)
+                for name in stage_names(info)
+            ]
+            if self._stopping:
+                return
+            await asyncio.gather(*(w.run() for w in self.workers))
+        finally:
+            await engine.shutdown()
+
+    def request_stop(self, drain: bool = False) -> None:
+        self._stopping = True
+        for w in self.workers:
+            w.request_stop(drain)
+
+
+def stage_names(info: dict) -> list[str]:
+    return [StageConfig.from_dict(d).name for d in info["stages"].values()]

@@ -1,0 +1,124 @@
+"""The broker's side of an LM pool: figures from reports, a placement per round. Pure.
+
+A pool member is one engine (one process); it serves every LM stage (prompt) that names
+the pool, as one stage instance per prompt. Workers report, per stage instance, the
+monotonic counters of their prompt; the scheduler turns them into rates over the last
+round, hands them to the pool's policy, and keeps the placement and its decisions for
+the routing table, the log and ``alto status``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from alto_bus.scheduling import Placement, PromptFigures, RoundInput, make_policy
+
+log = logging.getLogger("alto.pools")
+
+
+@dataclass
+class _Counters:
+    at: float
+    prefill: float = 0.0
+    cached: float = 0.0
+    decode: float = 0.0
+
+
+@dataclass
+class PoolScheduler:
+    name: str
+    policy_name: str
+    policy_args: dict[str, Any]
+    prompts: tuple[str, ...]
+    prefix_tokens: dict[str, int] = field(default_factory=dict)
+    placement: Placement | None = None
+    figures: dict[str, dict[str, PromptFigures]] = field(default_factory=dict)   # member -> prompt -> figures
+    member_loads: dict[str, int] = field(default_factory=dict)
+    hit_rates: dict[str, float] = field(default_factory=dict)                    # member -> hit rate
+    decisions: deque = field(default_factory=lambda: deque(maxlen=50))
+    _last: dict[tuple[str, str], _Counters] = field(default_factory=dict)
+    _spills: dict[str, dict[str, int]] = field(default_factory=dict)
+    _loads: dict[str, dict[str, int]] = field(default_factory=dict)                # member -> prompt -> depth
+
+    def __post_init__(self) -> None:
+        self.policy = make_policy(self.policy_name, **self.policy_args)
+
+    def observe(self, member: str, prompt: str, counters: dict[str, Any], depth: int, now: float) -> None:
+        """One stage instance's heartbeat: its prompt's monotonic counters and its depth."""
+        key = (member, prompt)
+        cur = _Counters(now, float(counters.get("prefill_tokens", 0)), float(counters.get("cached_tokens", 0)),
+                        float(counters.get("decode_tokens", 0)))
+        prev = self._last.get(key)
+        self._last[key] = cur
+        self._loads.setdefault(member, {})[prompt] = depth
+        if prev is None or cur.at <= prev.at:
+            return
+        dt = cur.at - prev.at
+        prefill = max(0.0, cur.prefill - prev.prefill)
+        cached = max(0.0, cur.cached - prev.cached)
+        looked_up = prefill + cached
+        self.figures.setdefault(member, {})[prompt] = PromptFigures(
+            prefill_tps=looked_up / dt,
+            decode_tps=max(0.0, cur.decode - prev.decode) / dt,
+            queued=int(counters.get("waiting", 0)),
+            running=int(counters.get("running", 0)),
+            hit_rate=cached / looked_up if looked_up else 0.0,
+        )
+        if counters.get("cache_queries"):
+            self.hit_rates[member] = float(counters.get("cache_hits", 0)) / float(counters["cache_queries"])
+
+    def note_spills(self, spills: dict[str, dict[str, int]]) -> None:
+        for prompt, by_member in spills.items():
+            mine = self._spills.setdefault(prompt, {})
+            for member, n in by_member.items():
+                mine[str(member)] = mine.get(str(member), 0) + int(n)
+
+    def forget(self, member: str) -> None:
+        self.figures.pop(member, None)
+        self._loads.pop(member, None)
+        for key in [k for k in self._last if k[0] == member]:
+            del self._last[key]
+
+    def round(self, members: list[str]) -> Placement | None:
+        """A new placement over the live members (None when the pool has none yet)."""
+        self.member_loads = {m: sum(self._loads.get(m, {}).values()) for m in members}
+        if not members:
+            return None
+        inp = RoundInput(instances=sorted(members), figures={m: self.figures.get(m, {}) for m in members},
+                         prefix_tokens=self.prefix_tokens, previous=self._previous(members),
+                         spills=self._spills, prompts=self.prompts)
+        self._spills = {}
+        placement = self.policy.place(inp)
+        for d in placement.decisions:
+            entry = {"round": placement.round, "prompt": d.prompt, "added": list(d.added),
+                     "removed": list(d.removed), "reason": d.reason}
+            self.decisions.append(entry)
+            log.info("pool %s: %s", self.name, d.reason)
+        self.placement = placement
+        return placement
+
+    def _previous(self, members: list[str]) -> Placement | None:
+        """The last placement without members that are gone."""
+        if self.placement is None:
+            return None
+        live = set(members)
+        prompts = {p: tuple(m for m in ms if m in live) for p, ms in self.placement.prompts.items()}
+        return Placement(prompts=prompts, policy=self.placement.policy, params=self.placement.params,
+                         round=self.placement.round)
+
+    def status(self) -> dict[str, Any]:
+        demand = {}
+        for by_prompt in self.figures.values():
+            for prompt, f in by_prompt.items():
+                demand[prompt] = demand.get(prompt, 0.0) + f.work_tps
+        return {
+            "policy": self.policy_name,
+            "placement": {p: list(ms) for p, ms in (self.placement.prompts.items() if self.placement else [])},
+            "demand_tokens_per_s": {p: round(v, 1) for p, v in demand.items()},
+            "member_loads": dict(self.member_loads),
+            "hit_rates": {m: round(v, 3) for m, v in self.hit_rates.items()},
+            "decisions": list(self.decisions)[-10:],
+        }
