@@ -85,9 +85,14 @@ class _Pending:
 
 
 class Client:
-    def __init__(self, gateway: str, *, timeout: float = 300.0) -> None:
-        """``timeout``: default deadline of each request, in seconds (enforced by the gateway)."""
+    def __init__(self, gateway: str, *, timeout: float = 300.0, curve: Any = None) -> None:
+        """``timeout``: default deadline of each request, in seconds (enforced by the gateway).
+
+        ``curve``: this client's keys when the gateway requires CURVE
+        (``alto_bus.keys.client_curve("me.key_secret", "broker.key")``).
+        """
         self.gateway = gateway
+        self.curve = curve
         self.timeout = timeout
         self._ids = itertools.count(1)
         self._pending: dict[int, _Pending] = {}
@@ -163,6 +168,7 @@ class Client:
     def _io(self) -> None:
         ctx = zmq.Context.instance()
         sock = make_socket(ctx, zmq.DEALER, connect=self.gateway, hwm=200_000,
+                           curve=self.curve.to_broker("client") if self.curve else None,
                            identity=f"c-{os.getpid()}-{os.urandom(6).hex()}".encode())
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
@@ -248,8 +254,8 @@ class Client:
 class AsyncClient:
     """The asyncio face of :class:`Client` (same I/O thread, awaitable results)."""
 
-    def __init__(self, gateway: str, *, timeout: float = 300.0) -> None:
-        self._client = Client(gateway, timeout=timeout)
+    def __init__(self, gateway: str, *, timeout: float = 300.0, curve: Any = None) -> None:
+        self._client = Client(gateway, timeout=timeout, curve=curve)
 
     async def __aenter__(self) -> AsyncClient:
         return self

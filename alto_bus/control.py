@@ -36,8 +36,10 @@ class ControlLink(threading.Thread):
         *,
         identity: bytes | None = None,
         broker_timeout: float | None = None,
+        curve: Any = None,
     ) -> None:
         super().__init__(name="alto-control", daemon=True)
+        self.curve = curve  # alto_bus.keys.CurveClient: an authenticated link to the broker
         self.ctx = ctx
         self.broker = broker
         self.deliver = deliver
@@ -68,7 +70,8 @@ class ControlLink(threading.Thread):
             pass  # closed, or the pipe is full and a wake-up is pending anyway
 
     def run(self) -> None:
-        sock = make_socket(self.ctx, zmq.DEALER, connect=self.broker, identity=self.identity, hwm=10_000)
+        sock = make_socket(self.ctx, zmq.DEALER, connect=self.broker, identity=self.identity, hwm=10_000,
+                           curve=self.curve)
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         poller.register(self._wake_r.fileno(), zmq.POLLIN)

@@ -48,8 +48,13 @@ def make_socket(
     identity: bytes | None = None,
     immediate: bool = False,
     options: dict[int, Any] | None = None,
+    curve: Any = None,
 ) -> zmq.Socket:
-    """Make a socket and bind or connect it. ``ctx`` may be a ``zmq.asyncio.Context``."""
+    """Make a socket and bind or connect it. ``ctx`` may be a ``zmq.asyncio.Context``.
+
+    ``curve``: an :class:`alto_bus.keys.CurveServer` or ``CurveClient`` (authenticated,
+    encrypted links); a client takes its server's public key off an address that carries one.
+    """
     sock = ctx.socket(kind)
     try:
         sock.setsockopt(zmq.LINGER, linger_ms)
@@ -63,6 +68,10 @@ def make_socket(
             sock.setsockopt(zmq.IMMEDIATE, 1)
         for opt, value in (options or {}).items():
             sock.setsockopt(opt, value)
+        if curve is not None:
+            address = curve.apply(sock, connect if connect is not None else bind)
+            if connect is not None:
+                connect = address
         if bind is not None:
             sock.bind(normalise_bind(bind))
         if connect is not None:
