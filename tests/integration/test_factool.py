@@ -23,26 +23,31 @@ def reference():
     return workload, Reference(workload, k=3)
 
 
-def variant(stream: bool = True, replicas: int | None = None) -> dict:
-    topo = tomllib.loads((ROOT / "topology" / "factool.toml").read_text())
+def variant(stream: bool = True, replicas: int | None = None, file: str = "factool.toml") -> dict:
+    topo = tomllib.loads((ROOT / "topology" / file).read_text())
+    # A fast emulated GPU keeps the test short; timing is not what is checked here.
+    for pool in topo.get("pool", []):
+        pool["engine_args"] = {"time_scale": 0.2}
     for stage in topo["stage"]:
         if stage["kind"] == "lm":
             stage["stream"] = stream
-            # A fast emulated GPU keeps the test short; timing is not what is checked here.
-            stage["engine_args"] = {"time_scale": 0.2}
-        if replicas is not None:
+            if "pool" not in stage:
+                stage["engine_args"] = {"time_scale": 0.2}
+        if replicas is not None and "pool" not in stage:
             stage["replicas"] = replicas
         if "options" in stage and "corpus" in stage["options"]:
             stage["options"]["corpus"] = str(ROOT / stage["options"]["corpus"])
     return topo
 
 
-@pytest.mark.parametrize("stream, replicas", [(True, None), (True, 3), (False, None)],
-                         ids=["stream", "stream-3-replicas", "baseline"])
-def test_verdicts_equal_the_reference(reference, stream, replicas):
+@pytest.mark.parametrize("stream, replicas, file", [
+    (True, None, "factool.toml"), (True, 3, "factool.toml"), (False, None, "factool.toml"),
+    (True, None, "factool_pool.toml"), (False, None, "factool_pool.toml")],
+    ids=["stream", "stream-3-replicas", "baseline", "pool", "pool-baseline"])
+def test_verdicts_equal_the_reference(reference, stream, replicas, file):
     workload, ref = reference
     questions = [q["question"] for q in workload.questions[:N]]
-    with running(variant(stream, replicas)) as sup, Client(sup.addresses["gateway"]) as client:
+    with running(variant(stream, replicas, file)) as sup, Client(sup.addresses["gateway"]) as client:
         futures = [client.submit({"question": q}) for q in questions]
         results = [f.result(timeout=180) for f in futures]
     for q, r in zip(questions, results):
