@@ -175,6 +175,17 @@ def _format_status(status: dict[str, Any]) -> str:
             flag = " (draining)" if i["draining"] else ""
             lines.append(f"  #{i['iid']} pid {i['pid']} on {i['host']} {i['address']} depth {i['depth']}"
                          f" in {i['stats'].get('messages_in', 0)} msgs{flag}")
+    for name, pool in status.get("pools", {}).items():
+        lines.append(f"pool {name} ({pool['policy']}):")
+        for prompt, members in pool["placement"].items():
+            demand = pool["demand_tokens_per_s"].get(prompt, 0.0)
+            lines.append(f"  prompt {prompt}: demand {demand:,.0f} tok/s on {', '.join(members)}")
+        for member, load in pool["member_loads"].items():
+            hit = pool["hit_rates"].get(member)
+            lines.append(f"  member {member}: load {load}" + (f", prefix-cache hit rate {hit:.0%}" if hit is not None
+                                                               else ""))
+        for d in pool["decisions"][-5:]:
+            lines.append(f"  round {d['round']}: {d['reason']}")
     return "\n".join(lines)
 
 
