@@ -58,7 +58,7 @@ KIND_FIELDS: dict[str, dict[str, tuple[tuple[type, ...], Any]]] = {
         "fanout": ((bool,), None),       # default: a generator handler fans out
     },
     "aggregate": {
-        "key": ((str,), _MISSING),       # "request", or the upstream stage whose items are groups
+        "key": ((str,), None),           # "request", or the upstream stage whose items are groups
         "op": ((str,), _MISSING),        # collect, count, sum, all, any, top_k, filter, module:function
         "options": ((dict,), None),      # the operator's options (k, score, field, where, ...)
         "eps": ((int, float), 0.25),     # bounded load: skip instances over (1 + eps) x mean
@@ -104,6 +104,8 @@ POOL_FIELDS: dict[str, tuple[tuple[type, ...], Any]] = {
     "flush_ms": ((int, float), 1.0),
     "batch_bytes": ((int,), 64 * 1024),
     "queue": ((int,), 4096),
+    "hosts": ((list,), None),            # [[host]] names its members may run on (default: any)
+    "gpus": ((int,), None),              # GPUs per member (default: the vllm engine's tensor_parallel_size)
 }
 # Fields an LM stage on a pool takes from the pool, not from its own table.
 POOL_OWNED = ("engine", "model", "engine_args", "script", "script_args", "replicas")
@@ -174,6 +176,8 @@ class PoolConfig:
     batch_bytes: int
     queue: int
     stages: tuple[str, ...] = ()   # the LM stages that name this pool
+    hosts: list[str] | None = None  # [[host]] names its members may run on
+    gpus: int | None = None         # GPUs per member, when given
 
     def to_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -363,6 +367,8 @@ def _check_aggregate(values: dict, common: dict, label: str) -> None:
         field = "options" if values["options"] and "option" in str(exc) else "op"
         raise TopologyError(f"{label}: field '{field}': {exc}") from None
     values["per_item"] = bool(op.per_item)
+    if values["key"] is None and not op.per_item:
+        raise TopologyError(f"{label}: missing required field 'key' ('request' or an upstream stage)")
 
 
 def _function_fans_out(values: dict, label: str, check_handlers: bool) -> bool:
@@ -539,6 +545,15 @@ def _with_hosts(topo: Topology, raw: dict[str, Any]) -> Topology:
             raise TopologyError(f"{source}: stage {s.name!r}: field 'hosts' must be a list of host names")
         if s.gpus is not None and s.gpus < 0:
             raise TopologyError(f"{source}: stage {s.name!r}: field 'gpus' must be >= 0, got {s.gpus}")
+    for p in topo.pools:
+        for name in p.stages:
+            if topo.stage(name).hosts is not None or topo.stage(name).gpus is not None:
+                raise TopologyError(f"{source}: stage {name!r}: fields 'hosts' and 'gpus' of a stage on pool "
+                                    f"{p.name!r} are the pool's (set them on the [[pool]])")
+        if p.hosts is not None and not hosts:
+            raise TopologyError(f"{source}: pool {p.name!r}: field 'hosts': the file has no [[host]] tables")
+        if p.gpus is not None and p.gpus < 0:
+            raise TopologyError(f"{source}: pool {p.name!r}: field 'gpus' must be >= 0, got {p.gpus}")
     security = None
     if "security" in raw:
         values = _fields(raw["security"], SECURITY_FIELDS, f"{source}: [security]")
@@ -567,14 +582,20 @@ def _with_hosts(topo: Topology, raw: dict[str, Any]) -> Topology:
     return topo
 
 
-def gpus_per_instance(stage: StageConfig) -> int:
-    """GPUs one instance of ``stage`` takes: its ``gpus``, else a vllm stage's parallel size."""
-    if stage.gpus is not None:
-        return stage.gpus
-    if stage.kind == "lm" and stage.fields.get("engine") == "vllm":
-        args = stage.fields.get("engine_args") or {}
-        return int(args.get("tensor_parallel_size", 1)) * int(args.get("pipeline_parallel_size", 1))
-    return 0
+def gpus_per_instance(unit: StageConfig | PoolConfig) -> int:
+    """GPUs one instance (or pool member) takes: its ``gpus``, else a vllm engine's parallel size."""
+    if unit.gpus is not None:
+        return unit.gpus
+    if isinstance(unit, PoolConfig):
+        engine, args = unit.engine, unit.engine_args
+    elif unit.kind == "lm":
+        engine, args = unit.fields.get("engine"), unit.fields.get("engine_args")
+    else:
+        return 0
+    if engine != "vllm":
+        return 0
+    args = args or {}
+    return int(args.get("tensor_parallel_size", 1)) * int(args.get("pipeline_parallel_size", 1))
 
 
 def place_instances(topo: Topology, host_names: list[str] | None = None):  # -> placement.Placement
@@ -588,8 +609,11 @@ def place_instances(topo: Topology, host_names: list[str] | None = None):  # -> 
             if n not in known:
                 raise TopologyError(f"{topo.source}: no [[host]] named {n!r} (hosts: {', '.join(known) or 'none'})")
         hosts = [known[n] for n in host_names]
+    pooled = {name for p in topo.pools for name in p.stages}   # a pool's stages run in its members
     demands = [placement.Demand(s.name, s.replicas, gpus_per_instance(s), tuple(s.hosts) if s.hosts else None)
-               for s in topo.stages]
+               for s in topo.stages if s.name not in pooled]
+    demands += [placement.Demand(p.name, p.replicas, gpus_per_instance(p), tuple(p.hosts) if p.hosts else None,
+                                 what="pool") for p in topo.pools]
     try:
         return placement.place([placement.Host(h.name, h.gpus) for h in hosts], demands)
     except placement.PlacementError as exc:
