@@ -51,3 +51,10 @@ async def async_split(text: str) -> AsyncIterator[str]:
 def reference(text: str) -> list[dict]:
     """What the split -> upper -> tag pipeline must return (pids aside)."""
     return [w.upper() for w in text.split()]
+
+
+def stamp(batch: dict) -> dict:
+    """Record when a token batch reached this stage (CLOCK_MONOTONIC is machine-wide)."""
+    import time
+
+    return {**batch, "seen": time.monotonic()}

@@ -16,7 +16,7 @@ import pytest
 
 from alto_bus import Client, RequestError, Worker
 from tests.integration import agg_handlers as ah
-from tests.support import running, status
+from tests.support import wait_for, running, status
 from workers.aggregate_stage import AggregateStage
 
 A = "tests.integration.agg_handlers"
@@ -100,17 +100,6 @@ def check_against_reference(shape: str, verify: str, payloads: list[str], result
         text, got = wrong[0]
         pytest.fail(f"{len(wrong)} of {len(payloads)} results differ from the reference; first: {text!r}: "
                     f"got {got!r:.500}, want {reference(text, verify)!r:.500}")
-
-
-def wait_for(predicate, timeout: float, what: str):
-    """Re-check a condition on the system's own state until it holds (bounded)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def instance_pids(sup, stage: str) -> set[int]:

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from alto_bus import Client, RequestError
-from tests.support import running, status
+from tests.support import wait_for, running, status
 
 H = "tests.integration.handlers"
 
@@ -23,17 +23,6 @@ def slow(replicas: int = 2, concurrency: int = 256, **broker) -> dict:
         "stage": [{"name": "slow", "kind": "function", "handler": f"{H}:slow_echo",
                    "replicas": replicas, "concurrency": concurrency}],
     }
-
-
-def wait_for(predicate, timeout: float, what: str):
-    """Re-check a condition on the system's own state until it holds (bounded)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def test_a_dead_instance_fails_the_requests_it_held_and_the_rest_go_on():
