@@ -93,7 +93,10 @@ class ControlLink(threading.Thread):
                         pass
                 if sock in events:
                     self._receive(sock)
-                if self.broker_timeout is not None and time.monotonic() - self.last_heard > self.broker_timeout:
+                # Armed once registered: before that the broker owes us nothing (a stage may
+                # take a minute to start its engine between "welcome" and "ready").
+                if (self.broker_timeout is not None and self.ready_body is not None
+                        and time.monotonic() - self.last_heard > self.broker_timeout):
                     self.deliver("broker_lost", {"silent": time.monotonic() - self.last_heard})
                     self.last_heard = time.monotonic()
             self._send_queued(sock)  # a last "bye"
@@ -110,6 +113,7 @@ class ControlLink(threading.Thread):
                 return
             if op == "ready":
                 self.ready_body = body
+                self.last_heard = time.monotonic()
             try:
                 sock.send(wire.encode_control(op, body), zmq.NOBLOCK)
             except zmq.Again:

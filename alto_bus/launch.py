@@ -57,7 +57,7 @@ class Supervisor:
     topology_path: str
     out: IO[str] = field(default_factory=lambda: sys.stdout)
     log_level: str = "WARNING"
-    ready_timeout: float = 120.0
+    ready_timeout: float = 600.0  # a vLLM engine can take minutes to start on a busy machine
     children: list[Child] = field(default_factory=list)
     addresses: dict[str, str] = field(default_factory=dict)
 

@@ -58,3 +58,7 @@ def stamp(batch: dict) -> dict:
     import time
 
     return {**batch, "seen": time.monotonic()}
+
+
+def upper_text(batch: dict) -> str:
+    return batch["text"].upper()
