@@ -129,6 +129,15 @@ class LMStage(StageLogic):
                                                   prompt_name=self.prompt_name, script_key=key):
                 if out.finish_reason == "abort":
                     return
+                if self.emit == "tokens":  # one item per token batch, with its ids
+                    if out.token_ids or out.text:
+                        batch = {"text": out.text, "token_ids": list(out.token_ids)}
+                        if self.stream:
+                            self.out.data([*path, n], 0, self._item(item, batch), True, epoch)
+                            n += 1
+                        else:
+                            whole.append(batch)
+                    continue
                 if not out.text:
                     continue
                 if chunked:
@@ -146,8 +155,11 @@ class LMStage(StageLogic):
                 else:
                     self.out.data(path, 0, self._item(item, "".join(whole)), True, epoch)
                 return
-            pieces = splitter.feed("".join(whole)) if whole else []
-            for piece in [*pieces, *splitter.finish()]:
+            if self.emit == "tokens":
+                pieces = whole
+            else:
+                pieces = [*(splitter.feed("".join(whole)) if whole else []), *splitter.finish()]
+            for piece in pieces:
                 self.out.data([*path, n], 0, self._item(item, piece), True, epoch)
                 n += 1
             self.out.end(path, n, epoch)
