@@ -44,6 +44,7 @@ class EntryLink:
         self.batch = wire.FrameBuilder(stage)
         self.backlog: list[bytes] = []
         self.sent_rids: list[int] = []   # requests sent since its last heartbeat
+        self.prev_rids: list[int] = []   # and in the interval before (that heartbeat may predate them)
 
 
 class Broker:
@@ -68,6 +69,8 @@ class Broker:
         self.stopping = False
         self.entries: dict[int, EntryLink] = {}
         self.curve = keys.topology_curve(topology, "broker")  # [security]: CURVE on every socket; None: plain
+        self.gone: dict[int, tuple[Instance, str]] = {}  # instances that died or left, newest last (for "lost")
+        self.suspect: list[tuple[float, int, list[int]]] = []  # "lost" reports: (when to fail, iid, rids)
         self.control = make_socket(self.ctx, zmq.ROUTER, bind=cfg.control,
                                    options={zmq.ROUTER_MANDATORY: 1},
                                    curve=self.curve and self.curve.server("broker control"))
@@ -227,7 +230,7 @@ class Broker:
                 self.pools[pool].note_spills({prompt: by_member})
         link = self.entries.get(inst.iid)
         if link is not None:
-            link.sent_rids = []
+            link.prev_rids, link.sent_rids = link.sent_rids, []
 
     def _op_leave(self, identity: bytes, body: dict, now: float) -> None:
         iid = self.members.by_identity.get(identity)
@@ -235,6 +238,28 @@ class Broker:
             log.info("instance %d is draining; epoch %d", iid, self.members.epoch)
             self._membership_changed()
         self._send_control(identity, "left", {})
+
+    def _op_lost(self, identity: bytes, body: dict, now: float) -> None:
+        """A sender's request ids whose items went to an instance that died: failed (never a hang)
+        unless the instance proves alive within ``liveness`` heartbeats (it was only slow: it
+        registers again, and what it was sent completes)."""
+        wait = self.cfg.heartbeat_interval * self.cfg.heartbeat_liveness
+        self.suspect.append((now + wait, int(body["iid"]), [int(r) for r in body["rids"]]))
+
+    def _settle_lost(self, now: float) -> None:
+        while self.suspect and self.suspect[0][0] <= now:
+            _, iid, rids = self.suspect.pop(0)
+            inst, why = self.gone.get(iid, (None, "died"))
+            if inst is not None and inst.identity in self.members.by_identity:
+                continue  # it came back: it was alive, and it has those items
+            stage = inst.stage if inst is not None else "?"
+            where = f" (pid {inst.pid} on {inst.host})" if inst is not None else ""
+            message = f"instance {iid} of stage {stage!r}{where} {why}; items of this request were sent to it"
+            out: list[ClientOut] = []
+            failed = sum(self.gateway.fail(rid, stage, message, out) for rid in rids)
+            if failed:
+                log.error("failed %d request(s) whose items were on their way to instance %d", failed, iid)
+            self._queue_client(out)
 
     def _op_bye(self, identity: bytes, body: dict, now: float) -> None:
         iid = self.members.by_identity.get(identity)
@@ -305,6 +330,7 @@ class Broker:
                       inst.stage, inst.iid, inst.pid, inst.host, silent)
             self._fail_held(inst, f"died (no heartbeat for {silent:.1f} s)")
             self._membership_changed()
+        self._settle_lost(now)
         loads = self.members.loads()
         self.loads.update(loads)
         body = {"epoch": self.members.epoch, "loads": loads,
@@ -340,8 +366,12 @@ class Broker:
         link = self.entries.get(inst.iid)
         if link is not None:
             rids.update(link.sent_rids)
+            rids.update(link.prev_rids)
         out: list[ClientOut] = []
         message = f"instance {inst.iid} of stage {inst.stage!r} (pid {inst.pid} on {inst.host}) {why}"
+        self.gone[inst.iid] = (inst, why)
+        while len(self.gone) > 10_000:
+            del self.gone[next(iter(self.gone))]
         failed = sum(self.gateway.fail(rid, inst.stage, message, out) for rid in rids)
         if failed:
             log.error("failed %d request(s) held by instance %d", failed, inst.iid)

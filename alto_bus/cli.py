@@ -40,6 +40,13 @@ def cmd_check(args: argparse.Namespace) -> int:
     for s in topo.stages:
         print(f"stage {s.name}: kind {s.kind}, {s.replicas} replica(s), input {s.input or '(clients)'}, "
               f"next {s.next or '(gateway)'}, path depth {s.out_depth}")
+    if topo.hosts:  # where each instance runs (the broker and gateway on the first host)
+        from alto_bus.placement import describe
+        from alto_bus.topology import place_instances
+
+        print("\n".join(describe(place_instances(topo))))
+    if topo.security:
+        print(f"CURVE on every link: broker key {topo.security.broker_key}, allowed keys {topo.security.allowed_keys}")
     print("ok")
     return 0
 

@@ -426,8 +426,10 @@ class Guard(threading.Thread):
             why = {"ZMTP_MECHANISM_MISMATCH": "the peer does not use CURVE (plain tcp?)",
                    "ZMTP_CRYPTOGRAPHIC": "the keys do not match (wrong server key?)"}.get(name, "protocol error")
             self._refuse(label, event["endpoint"].decode(errors="replace"), f"{why} [{name}]")
-        else:
-            self._refuse(label, event["endpoint"].decode(errors="replace"), f"handshake failed (errno {value})")
+        else:  # the peer hung up mid-handshake (a plain peer often does, when it sees CURVE)
+            self._refuse(label, event["endpoint"].decode(errors="replace"),
+                         f"the handshake failed ({os.strerror(value) if value > 0 else value}): "
+                         "the peer left during it; it may not use CURVE")
         return True
 
     def _refuse(self, label: str, peer: str, reason: str) -> None:

@@ -216,10 +216,10 @@ def plan(topo: topo_mod.Topology, host: str, host_names: list[str] | None = None
     if host not in names:
         raise topo_mod.TopologyError(f"{topo.source}: no [[host]] named {host!r} in this run "
                                      f"(hosts: {', '.join(names)})")
-    for s in topo.stages:
-        if s.inbox.startswith("ipc://"):
-            raise topo_mod.TopologyError(f"{topo.source}: stage {s.name!r}: field 'inbox': {s.inbox!r} cannot be "
-                                         "reached from other hosts; use tcp://")
+    for what, unit in [("stage", s) for s in topo.stages] + [("pool", p) for p in topo.pools]:
+        if unit.inbox.startswith("ipc://"):
+            raise topo_mod.TopologyError(f"{topo.source}: {what} {unit.name!r}: field 'inbox': {unit.inbox!r} "
+                                         "cannot be reached from other hosts; use tcp://")
     return NodePlan(topo, known[host], names, placement[host])
 
 
@@ -308,11 +308,12 @@ class Node:
             self._probe(curve)
         worker_key = topo.security.host_key(p.host) if topo.security else None
         for placed in p.instances:
-            stage = topo.stage(placed.stage)
-            args = ["worker", "--broker", self.broker, "--stage", stage.name, "--host-name", p.host.name,
-                    "--inbox", _rehost(stage.inbox, p.host.address), "--advertise", stage.advertise or p.host.address,
+            unit = topo.pool(placed.stage) if placed.what == "pool" else topo.stage(placed.stage)
+            args = ["worker", "--broker", self.broker, f"--{placed.what}", unit.name, "--host-name", p.host.name,
+                    "--inbox", _rehost(unit.inbox, p.host.address), "--advertise", unit.advertise or p.host.address,
                     *curve_args(topo, worker_key)]
-            self._spawn(f"{stage.name}#{placed.replica}", args, placed)
+            role = f"{'pool ' if placed.what == 'pool' else ''}{unit.name}#{placed.replica}"
+            self._spawn(role, args, placed)
         self._await_ready(curve)
 
     def _probe(self, curve: keys.Curve | None) -> None:
@@ -402,7 +403,8 @@ class Node:
 
     def stop(self, grace: float = 40.0) -> None:
         """Instances first (they drain and leave), then the broker; SIGKILL what outlives ``grace``."""
-        for group in ([c for c in self.children if c.role != "broker"], [c for c in self.children if c.role == "broker"]):
+        instances = [c for c in self.children if c.role != "broker"]
+        for group in (instances, [c for c in self.children if c.role == "broker"]):
             for child in group:
                 if child.proc.poll() is None:
                     try:
@@ -628,7 +630,7 @@ class ClusterLauncher:
                 why = _last_lines(err) or f"exit code {proc.returncode}"
                 if proc.returncode == 255 and "ssh:" not in why:
                     why = f"ssh failed: {why}"
-                errors.append(f"host {h.name!r} ({h.address}): {why}")
+                errors.append(why if why.startswith(f"host {h.name!r}") else f"host {h.name!r} ({h.address}): {why}")
         if errors:
             raise NodeError("; ".join(errors) + " (nothing was started)")
 

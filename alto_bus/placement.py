@@ -84,7 +84,7 @@ def place(hosts: list[Host] | tuple[Host, ...], demands: list[Demand] | tuple[De
 
     free: dict[str, list[int]] = {h.name: list(range(h.gpus)) for h in hosts}
     count: dict[str, int] = {h.name: 0 for h in hosts}              # instances per host
-    per_stage: dict[tuple[str, str], int] = {}                      # (stage, host) -> instances
+    per_stage: dict[tuple[str, str], int] = {}                      # (unit, host) -> instances
     out: Placement = {h.name: [] for h in hosts}
     placed: dict[tuple[str, str], list[Placed]] = {(d.what, d.stage): [] for d in demands}
 
@@ -98,7 +98,7 @@ def place(hosts: list[Host] | tuple[Host, ...], demands: list[Demand] | tuple[De
                 raise PlacementError(
                     f"{d.what} {d.stage!r}: instance {r + 1} of {d.replicas} needs {d.gpus} GPU(s) on one host "
                     f"and none is left with that many (free GPUs: {left})", d.stage)
-            host = min(fits, key=lambda h: (per_stage.get((d.stage, h), 0), -len(free[h]), order[h]))
+            host = min(fits, key=lambda h: (per_stage.get((_unit(d), h), 0), -len(free[h]), order[h]))
             gpus = tuple(free[host][:d.gpus])
             del free[host][:d.gpus]
             _take(d, r, host, gpus, count, per_stage, placed)
@@ -107,7 +107,7 @@ def place(hosts: list[Host] | tuple[Host, ...], demands: list[Demand] | tuple[De
             continue
         allowed = _allowed(d, hosts)
         for r in range(d.replicas):
-            host = min(allowed, key=lambda h: (per_stage.get((d.stage, h), 0), count[h], order[h]))
+            host = min(allowed, key=lambda h: (per_stage.get((_unit(d), h), 0), count[h], order[h]))
             _take(d, r, host, (), count, per_stage, placed)
     for d in demands:  # start order per host: topology order, then replica
         for p in placed[(d.what, d.stage)]:
@@ -151,10 +151,14 @@ def _allowed(d: Demand, hosts: list[Host] | tuple[Host, ...]) -> list[str]:
     return [h.name for h in hosts if h.name in wanted]
 
 
+def _unit(d: Demand) -> str:
+    return f"{d.what} {d.stage}"
+
+
 def _take(d: Demand, r: int, host: str, gpus: tuple[int, ...], count: dict[str, int],
           per_stage: dict[tuple[str, str], int], placed: dict[tuple[str, str], list[Placed]]) -> None:
     count[host] += 1
-    per_stage[(d.stage, host)] = per_stage.get((d.stage, host), 0) + 1
+    per_stage[(_unit(d), host)] = per_stage.get((_unit(d), host), 0) + 1
     placed[(d.what, d.stage)].append(Placed(d.stage, r, host, gpus, d.what))
 
 
@@ -164,6 +168,7 @@ def describe(placement: Placement) -> list[str]:
     for host, insts in placement.items():
         parts = []
         for p in insts:
-            parts.append(("pool " if p.what == "pool" else "") + f"{p.stage}#{p.replica}" + (f" (GPUs {p.cuda_visible_devices})" if p.gpus else ""))
+            name = ("pool " if p.what == "pool" else "") + f"{p.stage}#{p.replica}"
+            parts.append(name + (f" (GPUs {p.cuda_visible_devices})" if p.gpus else ""))
         lines.append(f"host {host}: " + (", ".join(parts) if parts else "(nothing)"))
     return lines

@@ -56,7 +56,7 @@ class WorkerError(RuntimeError):
 class Outbox:
     """One PUSH to one destination, its coalescing batches and its parked frames."""
 
-    __slots__ = ("dest", "address", "asock", "sock", "batches", "backlog", "sender")
+    __slots__ = ("dest", "address", "asock", "sock", "batches", "backlog", "sender", "recent")
 
     def __init__(self, dest: int, address: str, asock: zmq.asyncio.Socket) -> None:
         self.dest = dest
@@ -66,6 +66,9 @@ class Outbox:
         self.batches: dict[str, wire.FrameBuilder] = {}
         self.backlog: collections.deque[bytes] = collections.deque()
         self.sender: asyncio.Task | None = None
+        # Request ids sent here, one set per heartbeat interval (newest last): if the peer
+        # dies, these may have died with it, unreported (the broker fails them).
+        self.recent: collections.deque[set[int]] = collections.deque([set()])
 
 
 class PoolRoute:
@@ -136,6 +139,7 @@ class Worker:
         self.stage = stage
         self.curve = curve  # alto_bus.keys.Curve: CURVE on every link (the broker says whom the inbox lets in)
         self.host = host or socket.gethostname()  # the name the broker reports (a [[host]] name in a cluster)
+        self._recent_keep = 6  # heartbeat intervals of request ids kept per outbox (liveness + 2)
         self.broker = broker
         self._handler = handler
         self._logic_factory = logic_factory  # builds the stage from its config (a pool's shared engine)
@@ -246,10 +250,13 @@ class Worker:
                 self._pool_route = PoolRoute(welcome["next"]["name"],
                                              make_policy(np["policy"], **(np.get("policy_args") or {})))
             self._results_addr = welcome["results"]
+            self._recent_keep = int(welcome.get("liveness", 4)) + 2
             self.logic = self._build_logic(self.config)
             self.logic.bind(self)
             await self.logic.start()
-            inbox = make_socket(zmq.Context.instance(), zmq.PULL, bind=self._inbox_addr or self.config.inbox,
+            # "{instance}" in an ipc inbox keeps the paths of replicas apart.
+            bind = (self._inbox_addr or self.config.inbox).replace("{instance}", f"{os.getpid()}-{id(self):x}")
+            inbox = make_socket(zmq.Context.instance(), zmq.PULL, bind=bind,
                                 hwm=1000, curve=self.curve.with_allowed(welcome.get("allowed", ())).server(
                                     f"stage {self.stage} inbox") if self.curve else None)
             self.address = advertised(bound_address(inbox), self._advertise or self.config.advertise)
@@ -310,6 +317,10 @@ class Worker:
             self._apply_table(body)
         elif op == "loads":
             self.loads.update({int(k): int(v) for k, v in body.get("loads", {}).items()})
+            for out in self._outs.values():  # one heartbeat interval: a new generation of sent ids
+                out.recent.append(set())
+                while len(out.recent) > self._recent_keep:
+                    out.recent.popleft()
             self._oldest_epoch = int(body.get("oldest", 0))
             self._forget_epochs_before(self._oldest_epoch)
             route = self._pool_route
@@ -442,6 +453,14 @@ class Worker:
                 rids.update(m[1][0] for m in msgs)
             except (wire.WireError, IndexError, TypeError):
                 continue
+        if why == "died":
+            # Unsent, and sent lately (maybe never read): the broker fails them, naming the
+            # instance's stage and host. Never a hang.
+            rids.update(*out.recent)
+            ordered = sorted(rids)
+            for i in range(0, len(ordered), 50_000):  # bounded control frames
+                self._control.send("lost", {"iid": dest, "rids": ordered[i:i + 50_000]})
+            rids = set()
         for rid in rids:  # their items are lost with the peer: say so, never hang
             self.error([rid], f"instance {dest} of stage {self.config.next!r} {why} "
                               f"with {len(frames)} unsent frame(s)", 0)
@@ -544,6 +563,8 @@ class Worker:
             self.error([rid], f"stage {self.config.next!r} has no routing table for this request", 0)
 
     def _send(self, out: Outbox, msg: list, stage: str) -> None:
+        if out.dest:  # not the gateway
+            out.recent[-1].add(msg[1][0])
         batch = out.batches.get(stage)
         if batch is None:
             batch = out.batches[stage] = wire.FrameBuilder(stage)

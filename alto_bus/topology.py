@@ -330,7 +330,10 @@ def _stage(raw: Any, index: int, source: str, check_handlers: bool,
             raise TopologyError(f"{label}: field '{name}' must be >= 1, got {values[name]}")
     if values["flush_ms"] < 0:
         raise TopologyError(f"{label}: field 'flush_ms' must be >= 0, got {values['flush_ms']}")
-    _address(values["inbox"], f"{label} field 'inbox'")
+    _address(values["inbox"].replace("{instance}", "0"), f"{label} field 'inbox'")
+    if values["inbox"].startswith("ipc://") and "{instance}" not in values["inbox"] and values["replicas"] > 1:
+        raise TopologyError(f"{label}: field 'inbox': {values['replicas']} replicas cannot share one ipc path; "
+                            "put {instance} in it (e.g. ipc:///tmp/alto/stage-{instance})")
     common = {k: values.pop(k) for k in COMMON_STAGE_FIELDS}
     fans_out = False
     if kind == "function":
@@ -525,7 +528,8 @@ def _with_hosts(topo: Topology, raw: dict[str, Any]) -> Topology:
         raise TopologyError(f"{source}: [[host]] must be an array of tables")
     hosts = []
     for i, h in enumerate(hosts_raw):
-        label = f"{source}: host {h.get('name', '#' + str(i + 1))!r}" if isinstance(h, dict) else f"{source}: host #{i + 1}"
+        name = h.get("name", f"#{i + 1}") if isinstance(h, dict) else f"#{i + 1}"
+        label = f"{source}: host {name!r}" if isinstance(h, dict) else f"{source}: host #{i + 1}"
         values = _fields(h, HOST_FIELDS, label)
         if not re.fullmatch(r"[A-Za-z0-9_.\-]+|\[[0-9a-fA-F:]+\]", values["address"]):
             raise TopologyError(f"{label}: field 'address': {values['address']!r} is not a host name or IP address")

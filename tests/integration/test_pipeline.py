@@ -175,3 +175,21 @@ def test_async_generator_handler_fans_out():
     topo = {"stage": [{"name": "split", "kind": "function", "handler": f"{H}:async_split", "replicas": 2}]}
     with running(topo) as sup, Client(sup.addresses["gateway"]) as client:
         assert client.submit("x y z").result(timeout=30) == ["x", "y", "z"]
+
+
+def test_every_address_can_be_ipc(tmp_path):
+    topo = {
+        "broker": {"control": f"ipc://{tmp_path}/control", "gateway": f"ipc://{tmp_path}/gateway",
+                   "results": f"ipc://{tmp_path}/results"},
+        "stage": [
+            {"name": "split", "kind": "function", "handler": f"{H}:split", "replicas": 2,
+             "inbox": f"ipc://{tmp_path}/split-{{instance}}"},
+            {"name": "upper", "kind": "function", "handler": f"{H}:upper", "input": "split", "replicas": 2,
+             "inbox": f"ipc://{tmp_path}/upper-{{instance}}"},
+        ],
+    }
+    with running(topo) as sup, Client(sup.addresses["gateway"]) as client:
+        assert sup.addresses["gateway"].startswith("ipc://")
+        assert client.submit("over unix sockets").result(timeout=30) == ["OVER", "UNIX", "SOCKETS"]
+        inboxes = [i["address"] for s in status(sup)["stages"].values() for i in s["instances"]]
+        assert len(set(inboxes)) == 4 and all(a.startswith("ipc://") for a in inboxes)

@@ -140,7 +140,7 @@ def test_only_allowed_keys_get_through_and_refusals_are_logged(pki, ctx, caplog)
         time.sleep(0.05)
     text = caplog.text
     assert f"key {stranger.pair.public.decode()} is not allowed" in text and "test inbox" in text
-    assert "does not use CURVE" in text
+    assert "not use CURVE" in text  # a mismatch, or the plain peer hung up first
     assert "the server refused this process's key" in text          # the stranger's own view
     assert time.monotonic() - t0 < 6
     for sock in (bad, plain, wrong_server):

@@ -89,3 +89,205 @@ def test_every_feasible_small_case_of_equal_instances_fits():
 def test_describe_names_every_host():
     lines = describe(place(THREE, [Demand("lm", 1, gpus=2), Demand("f", 1)]))
     assert lines == ["host a: lm#0 (GPUs 0,1)", "host b: f#0", "host c: (nothing)"]
+
+
+# -- the topology's [[host]], hosts/gpus fields and [security] ----------------------------------
+
+from pathlib import Path  # noqa: E402
+
+from alto_bus import keys, node  # noqa: E402
+from alto_bus.topology import TopologyError, gpus_per_instance, load, place_instances  # noqa: E402
+from tests.support import write_topology  # noqa: E402
+
+H = "tests.integration.handlers"
+
+
+def cluster(tables=None, **stage_fields) -> dict:
+    return {
+        "host": tables if tables is not None else [{"name": "a", "address": "198.18.0.1", "gpus": 2},
+                                                 {"name": "b", "address": "198.18.0.2", "gpus": 2, "ssh_user": "u",
+                                                  "ssh_port": 2222}],
+        "stage": [{"name": "split", "kind": "function", "handler": f"{H}:split", "replicas": 2},
+                  {"name": "upper", "kind": "function", "handler": f"{H}:upper", "input": "split", "replicas": 2,
+                   **stage_fields}],
+    }
+
+
+def test_a_file_without_hosts_is_what_it_was(tmp_path):
+    topo = load(write_topology(tmp_path, {"stage": cluster()["stage"]}))
+    assert topo.hosts == () and topo.security is None
+    assert topo.stage("upper").hosts is None and topo.stage("upper").gpus is None
+
+
+def test_hosts_and_placement_load_with_the_file(tmp_path):
+    topo = load(write_topology(tmp_path, cluster(gpus=1, hosts=["b"])))
+    assert [(h.name, h.address, h.gpus, h.ssh_user, h.ssh_port) for h in topo.hosts] == [
+        ("a", "198.18.0.1", 2, None, None), ("b", "198.18.0.2", 2, "u", 2222)]
+    placed = place_instances(topo)
+    assert [(p.stage, p.gpus) for p in placed["b"] if p.stage == "upper"] == [("upper", (0,)), ("upper", (1,))]
+    assert [p.host for insts in placed.values() for p in insts if p.stage == "split"] == ["a", "b"]
+    assert list(place_instances(topo, ["b", "a"])) == ["b", "a"]
+    with pytest.raises(TopologyError, match="no \\[\\[host\\]\\] named 'c'"):
+        place_instances(topo, ["a", "c"])
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"hosts": ["gpu9"]}, ["stage 'upper'", "field 'hosts'", "no host named 'gpu9'", "a, b"]),
+    ({"gpus": 2, "replicas": 3}, ["stage 'upper'", "asks 6 GPU(s)", "have 4 in all"]),
+    ({"gpus": 4}, ["stage 'upper'", "takes 4 GPU(s) on one host", "has 2"]),
+    ({"gpus": -1}, ["stage 'upper'", "field 'gpus'", ">= 0"]),
+    ({"hosts": "a"}, ["stage 'upper'", "field 'hosts' must be list"]),
+])
+def test_placement_is_refused_naming_the_file_and_stage(tmp_path, change, words):
+    topo = cluster()
+    topo["stage"][1].update(change)
+    path = write_topology(tmp_path, topo)
+    with pytest.raises(TopologyError) as err:
+        load(path)
+    assert str(path) in str(err.value)
+    for w in words:
+        assert w in str(err.value)
+
+
+@pytest.mark.parametrize("hosts, words", [
+    ([{"name": "a", "address": "198.18.0.1"}, {"name": "a", "address": "198.18.0.2"}],
+     ["host 'a'", "two [[host]] tables are named 'a'"]),
+    ([{"name": "a", "address": "tcp://198.18.0.1:22"}], ["host 'a'", "field 'address'", "not a host name"]),
+    ([{"name": "a", "address": "198.18.0.1", "cores": 2}], ["host 'a'", "unknown field 'cores'"]),
+    ([{"name": "a"}], ["host 'a'", "missing required field 'address'"]),
+    ([{"name": "a", "address": "198.18.0.1", "gpus": -2}], ["host 'a'", "field 'gpus'"]),
+    ([{"name": "a", "address": "198.18.0.1", "key": "k.key"}], ["host 'a'", "field 'key'", "[security]"]),
+])
+def test_bad_host_tables_are_refused_naming_the_host(tmp_path, hosts, words):
+    path = write_topology(tmp_path, cluster(hosts))
+    with pytest.raises(TopologyError) as err:
+        load(path)
+    for w in [str(path), *words]:
+        assert w in str(err.value)
+
+
+def test_stage_hosts_need_host_tables(tmp_path):
+    topo = cluster(hosts=["a"])
+    del topo["host"]
+    with pytest.raises(TopologyError, match="stage 'upper': field 'hosts': the file has no \\[\\[host\\]\\] tables"):
+        load(write_topology(tmp_path, topo))
+
+
+def test_a_vllm_instance_takes_its_tensor_parallel_size_in_gpus(tmp_path):
+    from alto_bus.topology import StageConfig
+
+    base = dict(name="lm", kind="lm", input=None, replicas=1, inbox="", advertise=None, queue=1, concurrency=1,
+                flush_ms=1.0, batch_bytes=1)
+    tp4 = {"engine": "vllm", "engine_args": {"tensor_parallel_size": 4}}
+    assert gpus_per_instance(StageConfig(**base, fields=tp4)) == 4
+    assert gpus_per_instance(StageConfig(**base, fields={"engine": "vllm"})) == 1
+    assert gpus_per_instance(StageConfig(**base, fields={"engine": "sim"})) == 0
+    assert gpus_per_instance(StageConfig(**base, fields={"engine": "vllm"}, gpus=0)) == 0
+
+
+def make_keys(folder: Path) -> None:
+    for name in ("broker", "worker", "b"):
+        keys.create(folder / "keys", name)
+    keys.create(folder / "keys/allowed", "client")
+
+
+def secure(**security) -> dict:
+    topo = cluster()
+    topo["security"] = {"broker_key": "keys/broker.key", "worker_key": "keys/worker.key",
+                        "allowed_keys": "keys/allowed", **security}
+    return topo
+
+
+def test_security_names_key_files_relative_to_the_topology(tmp_path):
+    make_keys(tmp_path)
+    topo = secure()
+    topo["host"][1]["key"] = "keys/b.key"
+    loaded = load(write_topology(tmp_path, topo))
+    sec = loaded.security
+    assert sec.broker_key == str(tmp_path / "keys/broker.key") and sec.allowed_keys == str(tmp_path / "keys/allowed")
+    assert sec.host_key(loaded.hosts[0]) == str(tmp_path / "keys/worker.key")
+    assert sec.host_key(loaded.hosts[1]) == str(tmp_path / "keys/b.key")
+    broker = keys.topology_curve(loaded, "broker")
+    worker_b = keys.topology_curve(loaded, "worker", "b")
+    assert broker.pair.public == keys.load_public(tmp_path / "keys/broker.key")
+    assert worker_b.pair.public == keys.load_public(tmp_path / "keys/b.key")
+    # Allowed: the directory's keys and every key the file names.
+    named = {keys.load_public(tmp_path / f"keys/{n}.key") for n in ("broker", "worker", "b")}
+    assert broker.allowed == named | {keys.load_public(tmp_path / "keys/allowed/client.key")}
+
+
+@pytest.mark.parametrize("damage, words", [
+    ({"broker_key": "keys/nope.key"}, ["[security] field 'broker_key'", "nope.key: no such key file"]),
+    ({"allowed_keys": "keys/none"}, ["[security] field 'allowed_keys'", "no such directory"]),
+    ({"colour": "x"}, ["[security]", "unknown field 'colour'"]),
+])
+def test_bad_security_is_refused_naming_the_field_and_file(tmp_path, damage, words):
+    make_keys(tmp_path)
+    path = write_topology(tmp_path, secure(**damage))
+    with pytest.raises(TopologyError) as err:
+        load(path)
+    for w in [str(path), *words]:
+        assert w in str(err.value)
+
+
+def test_a_missing_secret_is_named_with_the_host_before_anything_starts(tmp_path):
+    make_keys(tmp_path)
+    (tmp_path / "keys/worker.key_secret").unlink()
+    topo = load(write_topology(tmp_path, secure()))
+    with pytest.raises(node.NodeError) as err:
+        node.load_keys(node.plan(topo, "b"))
+    assert "host 'b'" in str(err.value) and "worker.key_secret: no such key file" in str(err.value)
+
+
+# -- alto node's pure parts: addresses, Slurm ----------------------------------------------------
+
+
+def test_slurm_host_lists_expand():
+    assert node.expand_hostlist("gpu[01-03,7],login1") == ["gpu01", "gpu02", "gpu03", "gpu7", "login1"]
+    assert node.expand_hostlist("n1") == ["n1"]
+    assert node.expand_hostlist("a[1-2]-ib[0-1]") == ["a1-ib0", "a1-ib1", "a2-ib0", "a2-ib1"]
+
+
+def test_the_slurm_environment_says_which_node_this_is():
+    env = {"SLURM_JOB_NODELIST": "gpu[1-3]", "SLURM_JOB_ID": "77", "SLURMD_NODENAME": "gpu2", "SLURM_NODEID": "1"}
+    sn = node.slurm_node(env)
+    assert (sn.nodes, sn.name, sn.job_id) == (["gpu1", "gpu2", "gpu3"], "gpu2", "77")
+    assert node.slurm_node({**env, "SLURMD_NODENAME": "x"}).name == "gpu2"  # by SLURM_NODEID
+    with pytest.raises(node.NodeError, match="run it under srun"):
+        node.slurm_node({})
+    assert node.slurm_port_base("77") == node.slurm_port_base(77) == 20000 + 3 * 77
+
+
+def test_slurm_nodes_become_the_hosts(tmp_path):
+    topo = load(write_topology(tmp_path, {"stage": cluster()["stage"]}))
+    sn = node.SlurmNode(["n1", "n2"], "n2", "5")
+    hosts = node.slurm_topology(topo, sn, None, {"SLURM_GPUS_ON_NODE": "4"}).hosts
+    assert [(h.name, h.address, h.gpus) for h in hosts] == [("n1", "n1", 4), ("n2", "n2", 4)]
+    named = load(write_topology(tmp_path, cluster(), "named.toml"))
+    with pytest.raises(TopologyError, match="Slurm node 'n1' is not a \\[\\[host\\]\\]"):
+        node.slurm_topology(named, sn, None, {})
+    sub = node.slurm_topology(named, node.SlurmNode(["b"], "b", "5"), None, {})
+    assert [h.name for h in sub.hosts] == ["b"]
+
+
+def test_the_broker_binds_where_its_host_is_reached(tmp_path):
+    topo = load(write_topology(tmp_path, cluster()))
+    moved = node.bind_broker_on(topo, "198.18.0.1", None).broker
+    assert (moved.control, moved.advertise) == ("tcp://198.18.0.1:0", "198.18.0.1")
+    fixed = node.bind_broker_on(topo, "198.18.0.1", 20030).broker
+    assert (fixed.control, fixed.gateway, fixed.results) == (
+        "tcp://198.18.0.1:20030", "tcp://198.18.0.1:20031", "tcp://198.18.0.1:20032")
+    assert node.broker_control(topo, topo.hosts[0], 20030) == "tcp://198.18.0.1:20030"
+    with pytest.raises(node.NodeError, match="a fixed port is needed"):
+        node.broker_control(topo, topo.hosts[0], None)
+    assert node._rehost("tcp://0.0.0.0:5555", "198.18.0.1") == "tcp://0.0.0.0:5555"  # the user's choice stays
+    assert node._rehost("ipc:///tmp/x", "198.18.0.1") == "ipc:///tmp/x"
+
+
+def test_a_node_plan_is_its_hosts_share(tmp_path):
+    topo = load(write_topology(tmp_path, cluster(gpus=1)))
+    a, b = node.plan(topo, "a"), node.plan(topo, "b", ["b", "a"])
+    assert a.runs_broker and not node.plan(topo, "b").runs_broker and b.runs_broker
+    assert sorted(p.stage for p in a.instances) == ["split", "upper"]
+    with pytest.raises(TopologyError, match="no \\[\\[host\\]\\] named 'c'"):
+        node.plan(topo, "c")
