@@ -257,7 +257,7 @@ class Node:
     out: IO[str] = field(default_factory=lambda: sys.stdout)
     log_level: str = "WARNING"
     broker_wait: float = 10.0
-    ready_timeout: float = 120.0
+    ready_timeout: float = 600.0  # a vLLM engine can take minutes to load
     announce: bool = False
     topology_path: str = ""
     host_names_arg: str | None = None
@@ -445,7 +445,7 @@ def add_node_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--die-with-parent", action="store_true", help="stop when the parent process dies")
     p.add_argument("--broker-wait", type=float, help="seconds to wait for the broker to answer "
                                                      "(default 10; 120 with --slurm)")
-    p.add_argument("--ready-timeout", type=float, default=120.0)
+    p.add_argument("--ready-timeout", type=float, default=600.0, help="seconds until every instance has registered")
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO from every process")
 
 
@@ -561,7 +561,7 @@ class ClusterLauncher:
 
     def __init__(self, topology_path: str, host_names: list[str] | None = None, *, ssh: Ssh | None = None,
                  out: IO[str] = sys.stdout, err: IO[str] = sys.stderr, log_level: str = "WARNING",
-                 ready_timeout: float = 120.0, stop_grace: float = 45.0) -> None:
+                 ready_timeout: float = 600.0, stop_grace: float = 45.0) -> None:
         self.path = topology_path
         self.host_names = host_names
         self.ssh = ssh or Ssh()
@@ -771,7 +771,7 @@ def add_cluster_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--remote-python", default=sys.executable,
                    help="the Python on the hosts that has alto_bus (default: this one; a shared file system)")
     p.add_argument("--remote-workdir", default=os.getcwd(), help="where to run on the hosts (default: here)")
-    p.add_argument("--ready-timeout", type=float, default=120.0)
+    p.add_argument("--ready-timeout", type=float, default=600.0, help="seconds until every instance has registered")
 
 
 def launch_cluster_main(args: argparse.Namespace) -> int:
@@ -782,7 +782,7 @@ def launch_cluster_main(args: argparse.Namespace) -> int:
               python=getattr(args, "remote_python", sys.executable),
               workdir=getattr(args, "remote_workdir", os.getcwd()))
     launcher = ClusterLauncher(args.topology, names, ssh=ssh, log_level="INFO" if args.verbose else "WARNING",
-                               ready_timeout=getattr(args, "ready_timeout", 120.0))
+                               ready_timeout=getattr(args, "ready_timeout", 600.0))
     stop = [False]
 
     def on_signal(signum: int, frame: Any) -> None:

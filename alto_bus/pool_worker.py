@@ -53,7 +53,10 @@ class PoolMember:
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
-        info = await loop.run_in_executor(None, pool_info, self.broker, self.pool, self.connect_timeout)
+        curve = self.worker_args.get("curve")
+        opts = {"curve": curve.to_broker("pool info")} if curve else {}
+        info = await loop.run_in_executor(None, lambda: pool_info(self.broker, self.pool, self.connect_timeout,
+                                                                  **opts))
         pool = PoolConfig.from_dict(info["pool"])
         engine = import_object(MAKE_ENGINE)(pool.to_dict())
         build = import_object(BUILD_STAGE)
