@@ -354,8 +354,9 @@ class SimEngine:
             res = core.step()
             if res is None:                           # cannot happen: add() rejects what never fits
                 raise RuntimeError("sim engine has work but nothing to schedule")
-            # Steps are chained on deadlines, so loop lag does not accumulate.
-            deadline = max(deadline, clock()) + res.duration * scale
+            # Steps are chained on deadlines, so loop lag does not accumulate: a step
+            # that starts late is made up by a shorter sleep (idle time is skipped above).
+            deadline += res.duration * scale
             delay = deadline - clock()
             await self._sleep(delay if delay > 0 else 0.0)
             self._published = core.steps

@@ -207,8 +207,6 @@ class LMStage(StageLogic):
                        decode_tokens=p.decode_tokens, running=p.running, waiting=p.waiting)
         return out
 
-    def depth(self) -> int:
-        return sum(len(v) for v in self._running.values())
 
 
 def _prompt_text(f: dict) -> str:
