@@ -54,6 +54,8 @@ class PoolScheduler:
         prev = self._last.get(key)
         self._last[key] = cur
         self._loads.setdefault(member, {})[prompt] = depth
+        if member in self.member_loads:  # published every tick: a round-old load herds the senders
+            self.member_loads[member] = sum(self._loads[member].values())
         if prev is None or cur.at <= prev.at:
             return
         dt = cur.at - prev.at

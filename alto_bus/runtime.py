@@ -525,8 +525,10 @@ class Worker:
                     dest = self._sticky[key] = self._pick(ids)
                 if msg[4]:
                     del self._sticky[key]
-            else:
+            elif msg[0] == wire.DATA:
                 dest = self._pick(ids)
+            else:  # END/DROP markers are not LM requests: keep them out of a pool's policy
+                dest = pow2_choice(ids, self.loads, self.rng)
             self.loads.note_sent(dest)
         self._send(self._outbox(dest), msg, nxt or self.stage)
 
