@@ -45,6 +45,9 @@ class EntryLink:
         self.backlog: list[bytes] = []
         self.sent_rids: list[int] = []   # requests sent since its last heartbeat
         self.prev_rids: list[int] = []   # and in the interval before (that heartbeat may predate them)
+        # Sent earlier and not ended yet. Time does not prove the instance took them: under
+        # load they wait in its inbox, out of its "held" reports, for as long as the queue is.
+        self.older: dict[int, None] = {}
 
 
 class Broker:
@@ -68,9 +71,15 @@ class Broker:
         self.bad_frames = 0
         self.stopping = False
         self.entries: dict[int, EntryLink] = {}
+        # Links of instances out of the routing table but still members (draining): what was
+        # sent to them still counts if they die or leave before finishing.
+        self.retired: dict[int, EntryLink] = {}
         self.curve = keys.topology_curve(topology, "broker")  # [security]: CURVE on every socket; None: plain
         self.gone: dict[int, tuple[Instance, str]] = {}  # instances that died or left, newest last (for "lost")
         self.suspect: list[tuple[float, int, list[int]]] = []  # "lost" reports: (when to fail, iid, rids)
+        # Requests that sent items to an instance that died, longer ago than the senders' recent
+        # window: when due, failed unless they ended or a live instance reports holding them.
+        self.doubtful: dict[int, tuple[float, int]] = {}  # rid -> (when to check, iid)
         self.control = make_socket(self.ctx, zmq.ROUTER, bind=cfg.control,
                                    options={zmq.ROUTER_MANDATORY: 1},
                                    curve=self.curve and self.curve.server("broker control"))
@@ -86,6 +95,7 @@ class Broker:
         }
         self._client_out: dict[bytes, list[list]] = {}
         self._next_tick = 0.0
+        self.ticks = 0
 
     # -- the loop ----------------------------------------------------------------------
 
@@ -206,11 +216,11 @@ class Broker:
         if stage not in self.stage_names:
             self._send_control(identity, "reject", {"reason": f"no stage named {stage!r}"})
             return
-        inst = self.members.add(stage, identity, str(body["address"]), int(body.get("pid", 0)),
-                                str(body.get("host", "?")), now)
+        pool = member = None
         if body.get("member") is not None and self.pool_of.get(stage) == body.get("pool"):
-            inst.pool, inst.member = str(body["pool"]), str(body["member"])
-            self.members.table = self.members._make_table()  # the table lists pool members
+            pool, member = str(body["pool"]), str(body["member"])  # the table lists pool members
+        inst = self.members.add(stage, identity, str(body["address"]), int(body.get("pid", 0)),
+                                str(body.get("host", "?")), now, pool=pool, member=member)
         log.info("stage %s: instance %d registered (pid %d on %s, inbox %s); epoch %d",
                  stage, inst.iid, inst.pid, inst.host, inst.address, self.members.epoch)
         self._send_control(identity, "registered", {"iid": inst.iid})
@@ -228,8 +238,10 @@ class Broker:
             pool = self.pool_of.get(prompt)
             if pool is not None:
                 self.pools[pool].note_spills({prompt: by_member})
-        link = self.entries.get(inst.iid)
+        link = self.entries.get(inst.iid) or self.retired.get(inst.iid)
         if link is not None:
+            requests = self.gateway.requests
+            link.older.update(dict.fromkeys(r for r in link.prev_rids if r in requests))
             link.prev_rids, link.sent_rids = link.sent_rids, []
 
     def _op_leave(self, identity: bytes, body: dict, now: float) -> None:
@@ -244,22 +256,59 @@ class Broker:
         unless the instance proves alive within ``liveness`` heartbeats (it was only slow: it
         registers again, and what it was sent completes)."""
         wait = self.cfg.heartbeat_interval * self.cfg.heartbeat_liveness
-        self.suspect.append((now + wait, int(body["iid"]), [int(r) for r in body["rids"]]))
+        iid = int(body["iid"])
+        self.suspect.append((now + wait, iid, [int(r) for r in body["rids"]]))
+        # Sent before the sender's recent window: the instance may have taken them and passed
+        # them on long ago, or they may have waited in its inbox all along (no heartbeat of
+        # its named them). Checked when due: failed unless they ended or live work holds them.
+        for rid in body.get("older", ()):
+            self.doubtful.setdefault(int(rid), (now + wait, iid))
+
+    def _lost_to(self, iid: int) -> tuple[str, str] | None:
+        """(stage, error message) for requests whose items went to dead instance ``iid``;
+        None if it came back (it was alive, and it has those items)."""
+        inst, why = self.gone.get(iid, (None, "died"))
+        if inst is not None and inst.identity in self.members.by_identity:
+            return None
+        stage = inst.stage if inst is not None else "?"
+        where = f" (pid {inst.pid} on {inst.host})" if inst is not None else ""
+        return stage, f"instance {iid} of stage {stage!r}{where} {why}; items of this request were sent to it"
 
     def _settle_lost(self, now: float) -> None:
+        out: list[ClientOut] = []
         while self.suspect and self.suspect[0][0] <= now:
             _, iid, rids = self.suspect.pop(0)
-            inst, why = self.gone.get(iid, (None, "died"))
-            if inst is not None and inst.identity in self.members.by_identity:
-                continue  # it came back: it was alive, and it has those items
-            stage = inst.stage if inst is not None else "?"
-            where = f" (pid {inst.pid} on {inst.host})" if inst is not None else ""
-            message = f"instance {iid} of stage {stage!r}{where} {why}; items of this request were sent to it"
-            out: list[ClientOut] = []
-            failed = sum(self.gateway.fail(rid, stage, message, out) for rid in rids)
+            lost = self._lost_to(iid)
+            if lost is None:
+                continue
+            failed = sum(self.gateway.fail(rid, lost[0], lost[1], out) for rid in rids)
             if failed:
                 log.error("failed %d request(s) whose items were on their way to instance %d", failed, iid)
-            self._queue_client(out)
+        if self.doubtful:
+            self._settle_doubtful(now, out)
+        self._queue_client(out)
+
+    def _settle_doubtful(self, now: float, out: list[ClientOut]) -> None:
+        requests = self.gateway.requests
+        due = [rid for rid, (when, _) in self.doubtful.items() if when <= now or rid not in requests]
+        if not due:
+            return
+        held: set[int] = set()
+        for inst in self.members.instances.values():
+            held.update(inst.held)
+        failed: dict[int, int] = {}
+        for rid in due:
+            if rid in requests and rid in held:
+                continue  # live work on it: checked again next tick
+            _, iid = self.doubtful.pop(rid)
+            if rid not in requests:
+                continue  # it ended: its items got through
+            lost = self._lost_to(iid)
+            if lost is not None and self.gateway.fail(rid, lost[0], lost[1], out):
+                failed[iid] = failed.get(iid, 0) + 1
+        for iid, n in failed.items():
+            log.error("failed %d request(s) that sent items to instance %d and were not finished by anyone "
+                      "live", n, iid)
 
     def _op_bye(self, identity: bytes, body: dict, now: float) -> None:
         iid = self.members.by_identity.get(identity)
@@ -294,6 +343,7 @@ class Broker:
         return {
             "pools": pools,
             "epoch": self.members.epoch,
+            "ticks": self.ticks,
             "addresses": self.addresses,
             "stages": stages,
             "gateway": {"in_flight": len(self.gateway.requests), "clients": len(self.gateway.by_client),
@@ -316,6 +366,10 @@ class Broker:
             if iid not in want:
                 link = self.entries.pop(iid)
                 link.sock.close(linger=0)
+                if iid in self.members.instances:
+                    self.retired[iid] = link
+        for iid in [i for i in self.retired if i not in self.members.instances]:
+            del self.retired[iid]  # gone: what it was sent was settled then (_fail_held)
         for iid, address in want.items():
             if iid not in self.entries:
                 sock = make_socket(self.ctx, zmq.PUSH, connect=address, immediate=True,
@@ -324,16 +378,25 @@ class Broker:
 
     def _tick(self, now: float) -> None:
         self._next_tick = now + self.cfg.heartbeat_interval
-        for inst in self.members.dead(now):
+        self.ticks += 1
+        ended, self.gateway.ended = self.gateway.ended, []
+        if ended:
+            for link in [*self.entries.values(), *self.retired.values()]:
+                if link.older:
+                    for rid in ended:
+                        link.older.pop(rid, None)
+        dead = self.members.dead(now)
+        for inst in dead:  # every one of them before the new table closes their entry links
             silent = now - inst.last_seen
             log.error("stage %s: instance %d (pid %d on %s) is dead: no heartbeat for %.1f s",
                       inst.stage, inst.iid, inst.pid, inst.host, silent)
             self._fail_held(inst, f"died (no heartbeat for {silent:.1f} s)")
+        if dead:
             self._membership_changed()
         self._settle_lost(now)
         loads = self.members.loads()
         self.loads.update(loads)
-        body = {"epoch": self.members.epoch, "loads": loads,
+        body = {"epoch": self.members.epoch, "loads": loads, "ended": ended,
                 "oldest": self.gateway.oldest_epoch(self.members.epoch)}
         if self.pools:
             if now >= self._next_round:
@@ -363,10 +426,15 @@ class Broker:
         if inst is None:
             return
         rids = set(inst.held)
-        link = self.entries.get(inst.iid)
+        link = self.entries.get(inst.iid) or self.retired.pop(inst.iid, None)
         if link is not None:
             rids.update(link.sent_rids)
             rids.update(link.prev_rids)
+            wait = self.cfg.heartbeat_interval * self.cfg.heartbeat_liveness
+            now = time.monotonic()
+            for rid in link.older:  # possibly still waiting in its inbox: see _settle_doubtful
+                if rid not in rids:
+                    self.doubtful.setdefault(rid, (now + wait, inst.iid))
         out: list[ClientOut] = []
         message = f"instance {inst.iid} of stage {inst.stage!r} (pid {inst.pid} on {inst.host}) {why}"
         self.gone[inst.iid] = (inst, why)

@@ -54,6 +54,7 @@ class Gateway:
         self._next_rid = int(time.time() * 1000) << 16  # unlikely to meet a previous run's ids
         self.stats = GatewayStats()
         self.cancelled: list[int] = []  # requests that ended early: workers drop their work
+        self.ended: list[int] = []      # requests that ended since the broker last said so (any way)
 
     # -- admission ---------------------------------------------------------------------
 
@@ -150,6 +151,7 @@ class Gateway:
 
     def _forget(self, req: Request) -> None:
         del self.requests[req.rid]
+        self.ended.append(req.rid)
         cids = self.by_client.get(req.client)
         if cids is not None:
             cids.pop(req.cid, None)
@@ -176,6 +178,7 @@ class Gateway:
             if self.requests.pop(rid, None) is not None:
                 self.stats.failed += 1
                 self.cancelled.append(rid)
+                self.ended.append(rid)
         return list(cids.values())
 
     def expire(self, now: float, out: list[ClientOut]) -> list[int]:

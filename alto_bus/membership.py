@@ -46,11 +46,14 @@ class Membership:
 
     # -- changes -----------------------------------------------------------------------
 
-    def add(self, stage: str, identity: bytes, address: str, pid: int, host: str, now: float) -> Instance:
+    def add(self, stage: str, identity: bytes, address: str, pid: int, host: str, now: float,
+            *, pool: str | None = None, member: str | None = None) -> Instance:
+        """A new routable instance (a new epoch). ``pool``/``member``: the LM pool member it
+        belongs to, listed in the table the new epoch publishes."""
         old = self.by_identity.get(identity)
         if old is not None:  # the same worker registering again (e.g. after a broker restart)
             self.remove(old)
-        inst = Instance(self._next_iid, stage, identity, address, pid, host, now)
+        inst = Instance(self._next_iid, stage, identity, address, pid, host, now, pool=pool, member=member)
         self._next_iid += 1
         self.instances[inst.iid] = inst
         self.by_identity[identity] = inst.iid

@@ -1,0 +1,36 @@
+"""The broker's membership table and the record of ended requests that lets senders forget
+what they sent (both pure: no sockets)."""
+
+from __future__ import annotations
+
+from alto_bus import wire
+from alto_bus.gateway import Gateway
+from alto_bus.membership import Membership
+
+
+def test_a_pool_member_is_in_the_table_of_the_epoch_that_adds_it():
+    m = Membership(["answer"], heartbeat_interval=0.1, liveness=3)
+    plain = m.add("answer", b"w1", "tcp://a:1", 11, "h1", now=0.0)
+    assert m.table["members"] == {} and plain.pool is None and plain.member is None
+    epoch = m.epoch
+    inst = m.add("answer", b"w2", "tcp://a:2", 12, "h1", now=0.0, pool="llama", member="m0")
+    assert m.epoch == epoch + 1  # one new epoch, whose table already lists the member
+    assert (inst.pool, inst.member) == ("llama", "m0")
+    assert m.table["epoch"] == m.epoch and m.table["members"] == {inst.iid: "m0"}
+    assert [iid for iid, _ in m.table["stages"]["answer"]] == [plain.iid, inst.iid]
+
+
+def test_every_way_a_request_ends_is_recorded_once():
+    g = Gateway(request_timeout=1.0, max_inflight=10)
+    out: list = []
+    done = g.admit(b"c", 1, False, None, now=0.0)
+    failed = g.admit(b"c", 2, False, None, now=0.0)
+    expired = g.admit(b"c", 3, False, 0.5, now=0.0)
+    gone = g.admit(b"d", 1, False, None, now=0.0)
+    running = g.admit(b"c", 4, False, None, now=0.0)
+    g.on_message(wire.data([done], 0, "x", True, 0), out)
+    g.fail(failed, "s", "boom", out)
+    g.expire(0.6, out)
+    g.drop_client(b"d")
+    assert sorted(g.ended) == sorted([done, failed, expired, gone])
+    assert running in g.requests and running not in g.ended
