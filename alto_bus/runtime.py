@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import logging
 import os
 import random
@@ -48,6 +49,10 @@ KIND_BUILDERS = {
 # Ids of requests that ended early, remembered so their late items are skipped.
 CANCELLED_MEMORY = 100_000
 
+# Request ids an outbox remembers beyond its recent window (until the broker says they
+# ended): a bound for when "ended" notices go missing. A request in flight stays in memory.
+OLDER_MEMORY = 200_000
+
 
 class WorkerError(RuntimeError):
     """The worker could not join or keep its place in the topology."""
@@ -56,7 +61,7 @@ class WorkerError(RuntimeError):
 class Outbox:
     """One PUSH to one destination, its coalescing batches and its parked frames."""
 
-    __slots__ = ("dest", "address", "asock", "sock", "batches", "backlog", "sender", "recent")
+    __slots__ = ("dest", "address", "asock", "sock", "batches", "backlog", "sender", "recent", "older")
 
     def __init__(self, dest: int, address: str, asock: zmq.asyncio.Socket) -> None:
         self.dest = dest
@@ -69,14 +74,43 @@ class Outbox:
         # Request ids sent here, one set per heartbeat interval (newest last): if the peer
         # dies, these may have died with it, unreported (the broker fails them).
         self.recent: collections.deque[set[int]] = collections.deque([set()])
+        # Sent here before that window and not ended yet. Having sent them long ago proves
+        # nothing: under load they wait in the peer's inbox, in no "held" report, for as long
+        # as its queue is. The broker checks these when the peer dies (ended, or held by a
+        # live instance: fine; else failed).
+        self.older: dict[int, None] = {}
+
+    def rotate(self, keep: int, ended: list[int]) -> None:
+        """A heartbeat interval passed: a new generation of sent ids; forget ended requests."""
+        older = self.older
+        recent = self.recent
+        if ended:
+            for gen in recent:
+                gen.difference_update(ended)
+            for rid in ended:
+                older.pop(rid, None)
+        recent.append(set())
+        while len(recent) > keep:
+            older.update(dict.fromkeys(recent.popleft()))
+        if len(older) > OLDER_MEMORY:
+            log.warning("instance %d: %d requests sent there without word that they ended; forgetting "
+                        "the oldest", self.dest, len(older))
+            for rid in list(itertools.islice(older, len(older) - OLDER_MEMORY)):
+                del older[rid]
 
 
 class PoolRoute:
     """Routing to a next stage served by an LM pool: the pool's scheduling policy picks
     among the instances the broker placed this prompt on (spilling when they are all
-    loaded), with loads summed per pool member (one engine serves several prompts)."""
+    loaded), with loads summed per pool member (one engine serves several prompts).
 
-    __slots__ = ("prompt", "policy", "placement", "member_of", "iid_of", "member_loads", "sent")
+    The member loads come from the broker once a heartbeat interval; between two updates
+    each sender adds what it sent since, counted ``senders`` times (every instance of the
+    sending stage sends at about the same rate, and sees only its own sends). Counting
+    only its own sends, every sender would keep choosing the member that looked lightest
+    in the last update: they herd onto it for a whole interval, then onto the other."""
+
+    __slots__ = ("prompt", "policy", "placement", "member_of", "iid_of", "member_loads", "sent", "senders")
 
     def __init__(self, prompt: str, policy: Any) -> None:
         self.prompt = prompt
@@ -86,6 +120,7 @@ class PoolRoute:
         self.iid_of: dict[str, int] = {}      # pool member -> next-stage instance
         self.member_loads: dict[str, int] = {}
         self.sent: dict[str, int] = {}
+        self.senders = 1                      # instances of the sending stage
 
     def update(self, placement: dict | None, member_loads: dict | None) -> None:
         from alto_bus.scheduling import Placement
@@ -96,14 +131,15 @@ class PoolRoute:
             self.member_loads = {str(m): int(v) for m, v in member_loads.items()}
             self.sent = {}
 
-    def members(self, members: dict, ids: list[int]) -> None:
+    def members(self, members: dict, ids: list[int], senders: int = 1) -> None:
+        self.senders = max(1, senders)
         self.member_of = {i: str(members[i]) for i in ids if i in members}
         self.iid_of = {m: i for i, m in self.member_of.items()}
 
     def pick(self) -> int | None:
         if self.placement is None or not self.iid_of:
             return None
-        loads = {m: self.member_loads.get(m, 0) + self.sent.get(m, 0) for m in self.iid_of}
+        loads = {m: self.member_loads.get(m, 0) + self.senders * self.sent.get(m, 0) for m in self.iid_of}
         member = self.policy.choose(self.prompt, self.placement, loads)
         iid = self.iid_of.get(member)
         if iid is not None:
@@ -317,10 +353,9 @@ class Worker:
             self._apply_table(body)
         elif op == "loads":
             self.loads.update({int(k): int(v) for k, v in body.get("loads", {}).items()})
+            ended = body.get("ended", [])
             for out in self._outs.values():  # one heartbeat interval: a new generation of sent ids
-                out.recent.append(set())
-                while len(out.recent) > self._recent_keep:
-                    out.recent.popleft()
+                out.rotate(self._recent_keep, ended)
             self._oldest_epoch = int(body.get("oldest", 0))
             self._forget_epochs_before(self._oldest_epoch)
             route = self._pool_route
@@ -385,7 +420,8 @@ class Worker:
         nxt = self.config.next if self.config else None
         self._next_ids = [int(iid) for iid, _ in table["stages"].get(nxt, [])] if nxt else []
         if self._pool_route is not None:
-            self._pool_route.members({int(k): v for k, v in table.get("members", {}).items()}, self._next_ids)
+            self._pool_route.members({int(k): v for k, v in table.get("members", {}).items()}, self._next_ids,
+                                     len(table["stages"].get(self.stage, ())))
         keys = table.get("keys", {}).get(nxt) if nxt else None
         if keys is not None:
             self._keys[epoch] = KeyTable.from_dict(keys)
@@ -455,11 +491,14 @@ class Worker:
                 continue
         if why == "died":
             # Unsent, and sent lately (maybe never read): the broker fails them, naming the
-            # instance's stage and host. Never a hang.
+            # instance's stage and host. Sent earlier and not ended: the broker fails them
+            # unless live work holds them. Never a hang.
             rids.update(*out.recent)
             ordered = sorted(rids)
-            for i in range(0, len(ordered), 50_000):  # bounded control frames
-                self._control.send("lost", {"iid": dest, "rids": ordered[i:i + 50_000]})
+            older = sorted(r for r in out.older if r not in rids)
+            for i in range(0, max(len(ordered), len(older)), 50_000):  # bounded control frames
+                self._control.send("lost", {"iid": dest, "rids": ordered[i:i + 50_000],
+                                            "older": older[i:i + 50_000]})
             rids = set()
         for rid in rids:  # their items are lost with the peer: say so, never hang
             self.error([rid], f"instance {dest} of stage {self.config.next!r} {why} "

@@ -59,7 +59,7 @@ KIND_FIELDS: dict[str, dict[str, tuple[tuple[type, ...], Any]]] = {
     },
     "aggregate": {
         "key": ((str,), None),           # "request", or the upstream stage whose items are groups
-        "op": ((str,), _MISSING),        # collect, count, sum, all, any, top_k, filter, module:function
+        "op": ((str,), _MISSING),        # collect, count, sum, all, any, top_k, filter, barrier, module:function
         "options": ((dict,), None),      # the operator's options (k, score, field, where, ...)
         "eps": ((int, float), 0.25),     # bounded load: skip instances over (1 + eps) x mean
     },
@@ -370,6 +370,7 @@ def _check_aggregate(values: dict, common: dict, label: str) -> None:
         field = "options" if values["options"] and "option" in str(exc) else "op"
         raise TopologyError(f"{label}: field '{field}': {exc}") from None
     values["per_item"] = bool(op.per_item)
+    values["keeps_paths"] = bool(getattr(op, "keeps_paths", False))
     if values["key"] is None and not op.per_item:
         raise TopologyError(f"{label}: missing required field 'key' ('request' or an upstream stage)")
 
@@ -435,7 +436,12 @@ def _chain(stages: list[StageConfig], source: str) -> list[StageConfig]:
                 upstream = ", ".join(["request", *depth_of]) or "request"
                 raise TopologyError(f"{source}: stage {s.name!r}: field 'key': {key!r} is not 'request' or a "
                                     f"stage upstream of {s.name!r} (choose from: {upstream})")
-            depth = key_depth  # one item per group, with the group's path
+            if key_depth > depth:
+                raise TopologyError(f"{source}: stage {s.name!r}: field 'key': stage {key!r} emits paths of "
+                                    f"length {key_depth}, deeper than the {depth} of this stage's input; "
+                                    "a group must hold whole items")
+            if not s.fields.get("keeps_paths"):
+                depth = key_depth  # one item per group, with the group's path
         elif s.fans_out:
             depth += 1
         depth_of[s.name] = depth

@@ -1,15 +1,25 @@
-"""FacTool pipeline on the sim engine: streaming (ALTO) against the baseline that waits.
+"""FacTool pipeline on the sim engine: streaming (ALTO) against FacTool's stage-by-stage baseline.
 
-    python scripts/bench_factool.py            # full sweep, ~9 min
-    python scripts/bench_factool.py --quick    # ~2 min
+    python scripts/bench_factool.py            # full sweep, ~15 min
+    python scripts/bench_factool.py --quick    # ~4 min
+    python scripts/bench_factool.py --modes stream,baseline,item   # with the ablation
     python scripts/bench_factool.py --rates 2,6,8 --requests 100 --time-scale 2 --out DIR
 
-For each Poisson arrival rate of the sweep and each mode -- ``stream = true`` on every
-LM stage (sentences, claims and queries move on as soon as the splitter has them) and
-``stream = false`` (every LM call waits for its whole output before emitting anything,
-the baseline) -- this launches ``topology/factool.toml`` as real processes (the same
-instances and sim parameters in both modes), replays the same seeded Poisson trace of
-workload questions through a ``Client`` and records each request's end-to-end latency.
+For each Poisson arrival rate of the sweep and each mode, this launches the mode's
+topology as real processes (the same pool of LM instances and sim parameters in every
+mode), replays the same seeded Poisson trace of workload questions through a ``Client``
+and records each request's end-to-end latency. The modes:
+
+* ``stream``: ``topology/factool.toml``; every sentence, claim and query moves on as
+  soon as the splitter has it (ALTO);
+* ``baseline``: ``topology/factool_baseline.toml``, the pipeline run the way FacTool runs
+  it, which is what the paper's baseline is: whole outputs only, claims extracted from
+  the whole answer in one call, and barrier stages so that a stage starts on a request
+  only when the previous stage has finished all of that request's calls (calls within a
+  stage still run in parallel);
+* ``item`` (ablation, only with ``--modes``): ``factool.toml`` with ``stream = false`` on
+  every LM stage: whole outputs per call, but each item still moves on alone.
+
 The topology is relaunched for every point, so no point finds another's prompts in the
 prefix caches; two warm-up requests (not measured, not in the measured set) fill the
 shared prompt prefixes first. Every result is compared with
@@ -74,31 +84,46 @@ from workers.factool.reference import Reference  # noqa: E402
 from workers.factool.workload import DEFAULT_PATH, Workload  # noqa: E402
 from workers.lm.sim_model import SimCore, SimParams, SimSeq, tokenize  # noqa: E402
 
-TOPOLOGY = ROOT / "topology" / "factool.toml"
-MODES = ("stream", "baseline")
+# mode -> (topology file, stream = ... forced on every LM stage, or None to keep the file's)
+TOPOLOGIES = {
+    "stream": ("factool.toml", True),            # ALTO: every item moves on as soon as it exists
+    "baseline": ("factool_baseline.toml", None), # FacTool's way: whole outputs, stage by stage
+    "item": ("factool.toml", False),             # ablation: whole outputs, items still move on alone
+}
+MODES = ("stream", "baseline")                   # the two the report compares; "item" is optional
 LM_STAGES = ("answer", "claims", "queries", "verify")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
-QUICK = dict(rates="2,7,9", requests=90, min_requests=20, duration=10.0, time_scale=1.0,
+QUICK = dict(rates="2,6,10", requests=90, min_requests=20, duration=10.0, time_scale=1.0,
              max_send_s=20.0, model_seeds=1)
-FULL = dict(rates="2,4,6,7,7.5,8,9", requests=180, min_requests=30, duration=24.0, time_scale=1.0,
+FULL = dict(rates="1.5,3,4.5,6,8,10,11,12", requests=180, min_requests=30, duration=24.0, time_scale=1.0,
             max_send_s=40.0, model_seeds=2)
 
 
 # ------------------------------------------------------------------------------ topology
 
 
-def variant(base: dict[str, Any], *, stream: bool, time_scale: float, engine_args: dict[str, Any],
-            replicas: dict[str, int]) -> dict[str, Any]:
-    """``factool.toml`` with ``stream`` and the sim overrides on every LM stage."""
+def variant(base: dict[str, Any], *, stream: bool | None, time_scale: float, engine_args: dict[str, Any],
+            replicas: dict[str, int], policy: str | None = None) -> dict[str, Any]:
+    """A topology with ``stream`` (unless None) on every LM stage, the sim overrides on every
+    engine (pool or stage), and ``replicas`` by stage or pool name."""
     topo = json.loads(json.dumps(base))          # deep copy
     # A shared 2-core machine can starve a worker's heartbeat thread for a few seconds;
     # this benchmark is not about failure detection, so the broker waits 10 s, not 2 s.
-    topo.setdefault("broker", {})["heartbeat_liveness"] = 20
+    topo.setdefault("broker", {})["heartbeat_liveness"] = int(os.environ.get("HB_LIVE", 20))
+    if os.environ.get("HB_INT"): topo["broker"]["heartbeat_interval"] = float(os.environ["HB_INT"])
+    for pool in topo.get("pool", []):
+        pool["engine_args"] = {**(pool.get("engine_args") or {}), **engine_args, "time_scale": time_scale}
+        if pool["name"] in replicas:
+            pool["replicas"] = replicas[pool["name"]]
+        if policy is not None:
+            pool["policy"] = policy
     for st in topo["stage"]:
         if st["kind"] == "lm":
-            st["stream"] = stream
-            st["engine_args"] = {**(st.get("engine_args") or {}), **engine_args, "time_scale": time_scale}
+            if stream is not None:
+                st["stream"] = stream
+            if "pool" not in st:
+                st["engine_args"] = {**(st.get("engine_args") or {}), **engine_args, "time_scale": time_scale}
         if st["name"] in replicas:
             st["replicas"] = replicas[st["name"]]
         opts = st.get("options")
@@ -140,6 +165,8 @@ class Sampler(threading.Thread):
         self.stop_flag = threading.Event()
         self.cpu: list[float] = []               # machine busy fraction (0..1) per period
         self.depth: list[tuple[float, dict[str, int]]] = []   # (monotonic time, stage -> depth)
+        self.member_loads: list[tuple[float, dict[str, int]]] = []   # (time, pool member -> load)
+        self.placement: dict[str, list[str]] = {}                # the pools' last placement
 
     def run(self) -> None:
         busy0, tot0 = _machine_cpu()
@@ -154,6 +181,10 @@ class Sampler(threading.Thread):
                     self.depth.append((time.monotonic(), {
                         s: sum(int(i.get("depth", 0)) for i in st["stages"][s]["instances"])
                         for s in self.stages}))
+                    for name, pool in (st.get("pools") or {}).items():
+                        self.member_loads.append((time.monotonic(), {
+                            f"{name}/{m}": int(v) for m, v in pool.get("member_loads", {}).items()}))
+                        self.placement = {f"{name}/{p}": ms for p, ms in pool.get("placement", {}).items()}
 
     def stop(self) -> None:
         self.stop_flag.set()
@@ -180,15 +211,24 @@ class PipelineModel:
     Every LM call gets the prompt the LM worker renders (so the prefix cache sees the
     same blocks) and the scripted output (so it takes the same number of steps); the
     real splitters, fed one token at a time, say after which token each item is out.
-    With ``stream`` an item moves on when the splitter yields it, otherwise when its
-    call ends; a fan-out's END leaves at the call's end. Each bus hop costs ``hop_s``;
-    retrieve and the aggregates cost only their hops (evidence is complete when the
-    queries call has ended). A call goes to the instance of its stage holding the
-    fewest sequences. Left out: the CPU time of the bus, the workers and the client,
-    and the wall-clock lag of the real engines' loops.
+    Modes:
+
+    * ``stream``: an item moves on when the splitter yields it (ALTO);
+    * ``item``: an item moves on when its call ends, but every item on its own
+      (``stream = false`` on the streaming topology: the ablation);
+    * ``baseline``: FacTool's stage-by-stage run (``factool_baseline.toml``): one claims
+      call over the whole answer, and each stage starts on a request only when the
+      previous stage has finished all of that request's calls.
+
+    Each bus hop costs ``hop_s``; retrieve, the aggregates and the barriers cost only
+    their hops. A call goes to the instance (of its stage, or of the pool when the
+    topology has one) holding the fewest sequences. Left out: the CPU time of the bus,
+    the workers and the client, the wall-clock lag of the real engines' loops, and the
+    pool's placement (with ample KV every member keeps every prefix).
     """
 
-    def __init__(self, wl: Workload, ref: Reference, topo: dict[str, Any], hop_s: float = 0.001) -> None:
+    def __init__(self, wl: Workload, ref: Reference, topo: dict[str, Any], hop_s: float = 0.001,
+                 baseline: dict[str, Any] | None = None) -> None:
         from workers.factool import prompts
         from workers.factool.handlers import build_verify_input
         from workers.lm.engine import SamplingParams
@@ -199,16 +239,26 @@ class PipelineModel:
 
         self.hop = hop_s
         lm = {st["name"]: st for st in topo["stage"] if st["kind"] == "lm"}
-        self.params = {n: SimParams.from_dict({k: v for k, v in (st.get("engine_args") or {}).items()
-                                              if k != "time_scale"}) for n, st in lm.items()}
-        self.replicas = {n: int(st.get("replicas", 1)) for n, st in lm.items()}
-        tmpl = {n: Template(getattr(prompts, n.upper())) for n in lm}
+        pools = {p["name"]: p for p in topo.get("pool", [])}
+        def engine_args(st: dict) -> dict:
+            args = pools[st["pool"]].get("engine_args") if st.get("pool") else st.get("engine_args")
+            return {k: v for k, v in (args or {}).items() if k != "time_scale"}
+        self.params = {n: SimParams.from_dict(engine_args(st)) for n, st in lm.items()}
+        # Engine groups: a stage's own instances, or its pool's members (shared).
+        self.group_of = {n: st.get("pool") or n for n, st in lm.items()}
+        self.replicas = {self.group_of[n]: int(pools[st["pool"]].get("replicas", 1) if st.get("pool")
+                                                else st.get("replicas", 1)) for n, st in lm.items()}
+        self.group_params = {self.group_of[n]: self.params[n] for n in lm}
         sp = {n: SamplingParams(max_tokens=int(st.get("max_tokens", 256))) for n, st in lm.items()}
+        # The baseline's claims call reads the whole answer; its max_tokens is its topology's.
+        whole = next((st for st in (baseline or {}).get("stage", []) if st["name"] == "claims"), lm["claims"])
+        sp["claims_answer"] = SamplingParams(max_tokens=int(whole.get("max_tokens", 256)))
+        tmpl = {n: Template(prompts.PROMPTS[n]) for n in ("answer", "claims", "claims_answer", "queries", "verify")}
 
-        def spec(stage: str, item: dict, key: str) -> CallSpec:
-            ids = [BOS_ID, *tokenize(tmpl[stage].render(item))[1]]
-            plan = plan_output(wl.script_lookup(stage, key) or "", sp[stage])
-            emit = lm[stage].get("emit", "sentences")
+        def spec(template: str, item: dict, key: str, emit: str) -> CallSpec:
+            stage = "claims" if template == "claims_answer" else template
+            ids = [BOS_ID, *tokenize(tmpl[template].render(item))[1]]
+            plan = plan_output(wl.script_lookup(stage, key) or "", sp[template])
             at: list[int] = []
             if emit == "text":
                 at = [plan.n_steps - 1]
@@ -221,9 +271,12 @@ class PipelineModel:
             return CallSpec(stage, len(ids), block_hashes(ids, self.params[stage].block_size),
                             plan.n_steps, at)
 
+        emit = {n: st.get("emit", "sentences") for n, st in lm.items()}
         # Per question: the answer call; per sentence its claims call; per claim its
-        # queries call and its verify call (over the evidence the reference retrieved).
+        # queries call and its verify call (over the evidence the reference retrieved);
+        # and the baseline's claims call over the whole answer.
         self.requests: dict[str, tuple[CallSpec, list]] = {}
+        self.whole_claims: dict[str, CallSpec] = {}
         for q in wl.questions:
             question = q["question"]
             tr = ref.trace(question)
@@ -233,22 +286,30 @@ class PipelineModel:
                 for claim in tr.claims[si]:
                     v_in = build_verify_input([tr.result["claims"][g]["evidence"]], claim=claim)
                     g += 1
-                    per_claim.append((spec("queries", {"claim": claim}, claim), spec("verify", v_in, claim)))
-                sentences.append((spec("claims", {"question": question, "sentence": sentence}, sentence),
-                                  per_claim))
-            self.requests[q["id"]] = (spec("answer", {"question": question}, question), sentences)
+                    per_claim.append((spec("queries", {"claim": claim}, claim, emit["queries"]),
+                                      spec("verify", v_in, claim, emit["verify"])))
+                sentences.append((spec("claims", {"question": question, "sentence": sentence}, sentence,
+                                       emit["claims"]), per_claim))
+            self.requests[q["id"]] = (spec("answer", {"question": question}, question, emit["answer"]), sentences)
+            answer = wl.script_lookup("answer", question) or ""
+            self.whole_claims[q["id"]] = spec("claims_answer", {"answer": answer}, answer, "lines")
 
-    def calls_per_request(self, qid: str) -> dict[str, int]:
+    def calls_per_request(self, qid: str, mode: str = "stream") -> dict[str, int]:
         _, sentences = self.requests[qid]
         n_claims = sum(len(c) for _, c in sentences)
-        return {"answer": 1, "claims": len(sentences), "queries": n_claims, "verify": n_claims}
+        claims = 1 if mode == "baseline" else len(sentences)
+        return {"answer": 1, "claims": claims, "queries": n_claims, "verify": n_claims}
 
-    def run(self, arrivals: list[tuple[float, str]], stream: bool, warm: list[str] = ()) -> dict[int, float]:
+    def run(self, arrivals: list[tuple[float, str]], mode: str, warm: list[str] = ()) -> dict[int, float]:
         """Latency of each arrival (index -> s); ``warm`` requests run first, unmeasured."""
+        if mode not in ("stream", "item", "baseline"):
+            raise ValueError(f"unknown mode {mode!r}")
+        stream = mode == "stream"
         h = self.hop
         heap: list = []
         tie = itertools.count()
-        engines = {n: [SimCore(self.params[n]) for _ in range(r)] for n, r in self.replicas.items()}
+        groups = {g: [SimCore(self.group_params[g]) for _ in range(r)] for g, r in self.replicas.items()}
+        engines = {n: groups[g] for n, g in self.group_of.items()}
         busy: set[int] = set()
         pending: dict[int, dict[int, list]] = {}      # engine -> step index -> emissions
         names = itertools.count()
@@ -288,14 +349,21 @@ class PipelineModel:
                 fn(t) if j < 0 else fn(j, t)
             step(t, core)
 
-        def request(t0: float, qid: str, index: int | None) -> None:
+        def done(t0: float, index: int | None) -> Callable[[float], None]:
+            def finish(t: float) -> None:
+                if index is not None:
+                    out[index] = t + 2 * h - t0             # verdict aggregate, gateway
+            return finish
+
+        def pipelined(t0: float, qid: str, index: int | None) -> None:
             answer, sentences = self.requests[qid]
             left = [1 + len(sentences) + sum(len(c) for _, c in sentences)]
+            finish = done(t0, index)
 
             def one_done(t: float) -> None:
                 left[0] -= 1
-                if left[0] == 0 and index is not None:
-                    out[index] = t + 2 * h - t0             # verdict aggregate, gateway
+                if left[0] == 0:
+                    finish(t)
 
             def sentence(j: int, t: float) -> None:
                 claims_call, per_claim = sentences[j]
@@ -312,6 +380,32 @@ class PipelineModel:
 
             at(t0 + h, submit, answer, sentence, one_done)
 
+        def all_of(t: float, calls: list[CallSpec], then: Callable[[float], None]) -> None:
+            """Submit ``calls`` together; ``then`` when the last one has ended (a barrier)."""
+            if not calls:
+                then(t)
+                return
+            left = [len(calls)]
+
+            def one(t: float) -> None:
+                left[0] -= 1
+                if left[0] == 0:
+                    then(t)
+            for call in calls:
+                submit(t, call, lambda j, t: None, one)
+
+        def staged(t0: float, qid: str, index: int | None) -> None:
+            answer, sentences = self.requests[qid]
+            per_claim = [pc for _, claims in sentences for pc in claims]
+            finish = done(t0, index)
+            # answer -> claims (whole answer) -> barrier -> queries -> barrier -> retrieve
+            # -> evidence -> barrier -> verify -> verdict: a hop each.
+            verify = lambda t: all_of(t + 4 * h, [v for _, v in per_claim], finish)  # noqa: E731
+            queries = lambda t: all_of(t + 2 * h, [q for q, _ in per_claim], verify)  # noqa: E731
+            claims = lambda t: at(t + h, all_of, [self.whole_claims[qid]], queries)  # noqa: E731
+            at(t0 + h, all_of, [answer], claims)
+
+        request = staged if mode == "baseline" else pipelined
         t_first = min((t for t, _ in arrivals), default=0.0)
         for k, qid in enumerate(warm):
             at(t_first - 60.0 + k, request, qid, None)
@@ -352,6 +446,9 @@ class Point:
     loadavg: float = 0.0          # 1-minute load average at the end
     cpu_by_role: dict[str, float] = dataclasses.field(default_factory=dict)   # CPU s per request
     in_flight: dict[str, float] = dataclasses.field(default_factory=dict)     # mean, arrival window
+    member_load: dict[str, float] = dataclasses.field(default_factory=dict)   # pool member -> mean load
+    placement: dict[str, list[str]] = dataclasses.field(default_factory=dict) # prompt -> members, at the end
+    load_series: list[list[float]] = dataclasses.field(default_factory=list)  # [wall s from t0, load per member]
     stage_time: dict[str, float] = dataclasses.field(default_factory=dict)    # s per LM call (Little)
     latencies: dict[str, float] = dataclasses.field(default_factory=dict)     # question id -> s
     error_samples: list[str] = dataclasses.field(default_factory=list)
@@ -411,7 +508,7 @@ def requests_for(rate: float, args: argparse.Namespace) -> int:
 
 def run_point(topo_path: Path, stages: list[str], mode: str, rate: float, args: argparse.Namespace,
               questions: list[dict], expected: list[Any], order: list[int], warm: list[dict],
-              calls: Callable[[str], dict[str, int]]) -> Point:
+              calls: Callable[[str, str], dict[str, int]]) -> Point:
     scale = args.time_scale
     n = requests_for(rate, args)
     times, idx = arrival_trace(args.seed, rate, n, order)
@@ -530,10 +627,17 @@ def run_point(topo_path: Path, stages: list[str], mode: str, rate: float, args: 
     for s in stages:
         vals = [d[s] for d in window]
         pt.in_flight[s] = (statistics.fmean(vals) if vals else 0.0) / (2 if s in LM_STAGES else 1)
+    loads = [d for t, d in sampler.member_loads if t0 + 2.0 <= t <= t_last_arrival] or \
+        [d for _, d in sampler.member_loads]
+    for m in sorted({m for d in loads for m in d}):
+        pt.member_load[m] = statistics.fmean(d.get(m, 0) for d in loads)
+    pt.placement = sampler.placement
+    names = sorted(pt.member_load)
+    pt.load_series = [[round(t - t0, 2), *(d.get(m, 0) for m in names)] for t, d in sampler.member_loads]
     sent_ids = [questions[idx[i]]["id"] for i in range(sent)]
     if sent_ids:
         for s in LM_STAGES:
-            per_req = statistics.fmean(calls(q)[s] for q in sent_ids)
+            per_req = statistics.fmean(calls(q, mode)[s] for q in sent_ids)
             if rate * per_req > 0:
                 pt.stage_time[s] = pt.in_flight[s] / (min(rate, pt.throughput or rate) * per_req)
     return pt
@@ -578,16 +682,17 @@ def ratio(a: float | None, b: float | None) -> float | None:
 
 
 def model_sweep(model: PipelineModel, rates: list[float], seeds: int, order: list[int],
-                qids: list[str], warm: list[str], n: int) -> dict[str, list[dict[str, float]]]:
+                qids: list[str], warm: list[str], n: int, modes: tuple[str, ...] = MODES
+                ) -> dict[str, list[dict[str, float]]]:
     """The model over ``rates``: ``n`` requests per rate and seed, pooled."""
-    out: dict[str, list[dict[str, float]]] = {m: [] for m in MODES}
-    for mode in MODES:
+    out: dict[str, list[dict[str, float]]] = {m: [] for m in modes}
+    for mode in modes:
         for rate in rates:
             lat, tput = [], []
             calls: dict[str, list[float]] = {s: [] for s in LM_STAGES}
             for seed in range(1, seeds + 1):
                 times, idx = arrival_trace(seed, rate, n, order)
-                res = model.run([(t, qids[i]) for t, i in zip(times, idx)], mode == "stream", warm)
+                res = model.run([(t, qids[i]) for t, i in zip(times, idx)], mode, warm)
                 lat += list(res.values())
                 for s_, v in model.call_time.items():
                     calls[s_] += v
@@ -599,16 +704,17 @@ def model_sweep(model: PipelineModel, rates: list[float], seeds: int, order: lis
 
 
 def model_part(model: PipelineModel, rates: list[float], args: argparse.Namespace, order: list[int],
-               qids: list[str], warm: list[str]) -> tuple[dict[str, Any], dict[str, list[dict]]]:
+               qids: list[str], warm: list[str], modes: tuple[str, ...] = MODES
+               ) -> tuple[dict[str, Any], dict[str, list[dict]]]:
     """The model: every question alone (zero load), and a sweep finer than ``rates``."""
     zero: dict[str, Any] = {"n": len(qids)}
-    for mode in MODES:
-        res = model.run([(60.0 * i, q) for i, q in enumerate(qids)], mode == "stream", warm)
+    for mode in modes:
+        res = model.run([(60.0 * i, q) for i, q in enumerate(qids)], mode, warm)
         zero[mode] = {"mean": statistics.fmean(res.values()), "p99": percentile(list(res.values()), 99)}
     top = max(rates) * 1.15
     extra = [round(x * top / 10, 2) for x in range(1, 11)]
     grid = sorted({*rates, *(x for x in extra if all(abs(x - r) > top / 40 for r in rates))})
-    return zero, model_sweep(model, grid, args.model_seeds, order, qids, warm, len(order))
+    return zero, model_sweep(model, grid, args.model_seeds, order, qids, warm, len(order), modes)
 
 
 def model_report(zero: dict[str, Any], model: dict[str, list[dict]], args: argparse.Namespace,
@@ -644,7 +750,7 @@ def model_report(zero: dict[str, Any], model: dict[str, list[dict]], args: argpa
 def report(points: dict[str, list[Point]], model: dict[str, list[dict]], zero: dict[str, dict],
            args: argparse.Namespace, setup: dict[str, Any]) -> tuple[str, dict]:
     target = args.target
-    lines = ["## FacTool pipeline: streaming vs. waiting for whole outputs (sim engine)\n",
+    lines = ["## FacTool pipeline: streaming vs. FacTool's stage-by-stage baseline (sim engine)\n",
              f"Command: `{setup['command']}`  ",
              f"Run {setup['date']} on {setup['cpus']} CPUs, {setup['wall_s']:.0f} s wall; commit {setup['commit']}.  ",
              f"Latencies in emulated s, rates in emulated req/s: time_scale {args.time_scale:g} "
@@ -652,7 +758,7 @@ def report(points: dict[str, list[Point]], model: dict[str, list[dict]], zero: d
              "| mode | offered | achieved | sent | ok | err | t/o | mismatch | mean | p50 | p90 | p99 | max "
              "| model mean | model p99 | machine CPU mean/max % | ours % | load |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for mode in MODES:
+    for mode in points:
         for p in sorted(points[mode], key=lambda p: p.rate):
             lines.append(
                 f"| {mode} | {p.rate:g} | {fmt(p.throughput)} | {p.sent} | {p.done} | {p.errors} | {p.timeouts} | "
@@ -685,6 +791,14 @@ def report(points: dict[str, list[Point]], model: dict[str, list[dict]], zero: d
                      f"{fmt(ratio(pb.mean, ps.mean))}x lower | | |")
         summary["p99_at_common_rate"] = {"rate": cr, "stream": ps.p99, "baseline": pb.p99,
                                          "baseline_over_stream": ratio(pb.p99, ps.p99)}
+    if points.get("item"):
+        # The ablation: whole outputs per call, but no stage barriers and claims per sentence.
+        ti = at_target(points["item"], target)[0]
+        pi = next((p for p in points["item"] if p.rate == cr), None)
+        lines.append(f"| ablation, stream = false on factool.toml: throughput at {target:g} s; p99 at "
+                     f"{cr:g} req/s | {fmt(ti)} req/s; {fmt(pi.p99 if pi else None)} s | | stream vs it: "
+                     f"{fmt(ratio(ts, ti))}x; {fmt(ratio(pi.p99 if pi else None, ps.p99 if ps else None))}x lower | | |")
+        summary["ablation_item"] = {"throughput_at_target": ti, "p99_at_common_rate": pi.p99 if pi else None}
     low = {m: min(points[m], key=lambda p: p.rate) for m in MODES}
     lines.append(f"| mean latency at {low['stream'].rate:g} req/s (s) | {fmt(low['stream'].mean)} | "
                  f"{fmt(low['baseline'].mean)} | {fmt(ratio(low['baseline'].mean, low['stream'].mean))}x lower | | |")
@@ -693,9 +807,9 @@ def report(points: dict[str, list[Point]], model: dict[str, list[dict]], zero: d
                  f"{fmt(zero['baseline']['mean'])} / {fmt(zero['baseline']['p99'])} | "
                  f"{fmt(ratio(zero['baseline']['mean'], zero['stream']['mean']))}x lower | | |")
     summary["zero_load_model"] = zero
-    n_mis = sum(p.mismatches for m in MODES for p in points[m])
-    n_bad = sum(p.errors + p.timeouts for m in MODES for p in points[m])
-    n_ok = sum(p.done for m in MODES for p in points[m])
+    n_mis = sum(p.mismatches for m in points for p in points[m])
+    n_bad = sum(p.errors + p.timeouts for m in points for p in points[m])
+    n_ok = sum(p.done for m in points for p in points[m])
     lines += ["", f"Every result checked against workers.factool.reference: {n_ok} results, "
                   f"**{n_mis} mismatches**, {n_bad} errors or timeouts.\n"]
     summary.update(mismatches=n_mis, errors=n_bad, checked=n_ok)
@@ -716,15 +830,15 @@ def report(points: dict[str, list[Point]], model: dict[str, list[dict]], zero: d
               "for LM stages the time per call it implies (Little's law, emulated s):\n",
               "| mode | req/s | " + " | ".join(stages) + " | " + " | ".join(f"{s} s/call" for s in LM_STAGES) + " |",
               "|---|---|" + "---|" * (len(stages) + len(LM_STAGES))]
-    for mode in MODES:
+    for mode in points:
         for p in sorted(points[mode], key=lambda p: p.rate):
             lines.append(f"| {mode} | {p.rate:g} | " + " | ".join(fmt(p.in_flight.get(s), 1) for s in stages)
                          + " | " + " | ".join(fmt(p.stage_time.get(s)) for s in LM_STAGES) + " |")
-    roles = [s for s in ["broker", *stages, "client"] if any(s in p.cpu_by_role for m in MODES for p in points[m])]
+    roles = [s for s in ["broker", *stages, "client"] if any(s in p.cpu_by_role for m in points for p in points[m])]
     lines += ["", "CPU seconds per request (all processes of a role; wall-clock CPU time, so not divided "
                   "by time_scale):\n",
               "| mode | req/s | " + " | ".join(roles) + " | total |", "|---|---|" + "---|" * (len(roles) + 1)]
-    for mode in MODES:
+    for mode in points:
         for p in sorted(points[mode], key=lambda p: p.rate):
             lines.append(f"| {mode} | {p.rate:g} | " + " | ".join(fmt(p.cpu_by_role.get(r), 3) for r in roles)
                          + f" | {fmt(sum(p.cpu_by_role.values()), 3)} |")
@@ -748,11 +862,12 @@ def plot(points: dict[str, list[Point]], model: dict[str, list[dict]], args: arg
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(16, 5), sharey=True)
-    colors = {"stream": "tab:blue", "baseline": "tab:red"}
-    labels = {"stream": "stream = true (ALTO)", "baseline": "stream = false (baseline)"}
+    colors = {"stream": "tab:blue", "baseline": "tab:red", "item": "tab:gray"}
+    labels = {"stream": "streaming (ALTO)", "baseline": "stage by stage (FacTool baseline)",
+              "item": "stream = false, no barriers (ablation)"}
     top = 0.0
     for ax, stat in zip(axes, ("p50", "mean", "p99")):
-        for mode in MODES:
+        for mode in points:
             pts = sorted((p for p in points[mode] if p.done), key=lambda p: p.rate)
             ys = [getattr(p, stat) for p in pts]
             top = max([top, *ys])
@@ -770,7 +885,7 @@ def plot(points: dict[str, list[Point]], model: dict[str, list[dict]], args: arg
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("latency (emulated s)")
     axes[0].set_ylim(0, min(top * 1.1, 4 * args.target))
-    xmax = max(p.throughput for m in MODES for p in points[m])
+    xmax = max(p.throughput for m in points for p in points[m])
     for ax in axes:
         ax.set_xlim(0, xmax * 1.15)
     axes[0].legend(loc="upper left", fontsize=7)
@@ -787,25 +902,37 @@ def plot(points: dict[str, list[Point]], model: dict[str, list[dict]], args: arg
 # ------------------------------------------------------------------------------ main
 
 
-def describe_setup(topo: dict[str, Any], wl: Workload, model: PipelineModel, args: argparse.Namespace) -> dict[str, str]:
+def describe_setup(topos: dict[str, dict[str, Any]], wl: Workload, model: PipelineModel,
+                   args: argparse.Namespace) -> dict[str, str]:
     from workers.factool import prompts
 
     out: dict[str, str] = {}
-    out["instances (both modes)"] = ", ".join(f"{s['name']} {s.get('replicas', 1)}" for s in topo["stage"])
+    for m, topo in topos.items():
+        pools = [f"pool {p['name']}: {p.get('replicas', 1)} members, policy {p.get('policy', 'prompt-aware')}"
+                 for p in topo.get("pool", [])]
+        own = [f"{s['name']} {s.get('replicas', 1)}" for s in topo["stage"] if "pool" not in s]
+        out[f"instances, {m} ({TOPOLOGIES[m][0]})"] = "; ".join([*pools, ", ".join(own)])
     p = dataclasses.asdict(SimParams.from_dict({**args.engine_args, "time_scale": args.time_scale}))
     out["sim parameters (every LM instance)"] = ", ".join(f"{k}={v}" for k, v in p.items())
     lens = []
     for name in LM_STAGES:
-        xs = [len(tokenize(v)[1]) for v in wl.script[name].values()]
+        xs = [c.n_steps for q in wl.questions for c in _calls_of(model, q["id"], name, "stream")]
         lens.append(f"{name} {statistics.fmean(xs):.0f} (min {min(xs)}, max {max(xs)})")
+    whole = [model.whole_claims[q["id"]].n_steps for q in wl.questions]
+    lens.append(f"baseline's claims over the whole answer {statistics.fmean(whole):.0f} "
+                f"(min {min(whole)}, max {max(whole)})")
     out["output tokens per LM call, mean"] = "; ".join(lens)
-    plen = {s: [c.prompt_len for q in wl.questions for c in _calls_of(model, q["id"], s)] for s in LM_STAGES}
+    plen = {s: [c.prompt_len for q in wl.questions for c in _calls_of(model, q["id"], s, "stream")]
+            for s in LM_STAGES}
     fixed = {n: len(tokenize(getattr(prompts, n.upper()).split("{", 1)[0])[1]) for n in LM_STAGES}
     out["prompt tokens per LM call, mean (shared template prefix)"] = "; ".join(
         f"{s} {statistics.fmean(plen[s]):.0f} ({fixed[s]})" for s in LM_STAGES)
-    per = [model.calls_per_request(q["id"]) for q in wl.questions]
-    out["LM calls per request, mean"] = ", ".join(f"{s} {statistics.fmean(c[s] for c in per):.2f}" for s in LM_STAGES)
-    out["max_tokens"] = ", ".join(f"{s['name']} {s.get('max_tokens')}" for s in topo["stage"] if s["kind"] == "lm")
+    for m in ("stream", "baseline"):
+        per = [model.calls_per_request(q["id"], m) for q in wl.questions]
+        out[f"LM calls per request, mean, {m}"] = ", ".join(
+            f"{s} {statistics.fmean(c[s] for c in per):.2f}" for s in LM_STAGES)
+    out["max_tokens"] = ", ".join(f"{s['name']} {s.get('max_tokens')}" for s in topos["stream"]["stage"]
+                                  if s["kind"] == "lm")
     out["workload"] = (f"{os.path.relpath(args.workload, ROOT)}, {len(wl.questions)} questions; per point "
                        f"{args.warmup} warm-up requests (unmeasured), then rate x {args.duration:g} s requests "
                        f"(at least {args.min_requests}, at most {args.requests}), Poisson arrivals (seed {args.seed}; one "
@@ -815,12 +942,12 @@ def describe_setup(topo: dict[str, Any], wl: Workload, model: PipelineModel, arg
     return out
 
 
-def _calls_of(model: PipelineModel, qid: str, stage: str) -> list[CallSpec]:
+def _calls_of(model: PipelineModel, qid: str, stage: str, mode: str) -> list[CallSpec]:
     answer, sentences = model.requests[qid]
     if stage == "answer":
         return [answer]
     if stage == "claims":
-        return [c for c, _ in sentences]
+        return [model.whole_claims[qid]] if mode == "baseline" else [c for c, _ in sentences]
     return [qv[0 if stage == "queries" else 1] for _, per in sentences for qv in per]
 
 
@@ -836,7 +963,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--duration", type=float, help=f"emulated s of arrivals per point ({FULL['duration']:g})")
     ap.add_argument("--warmup", type=int, default=2, help="unmeasured requests per point before the trace")
     ap.add_argument("--time-scale", type=float, help=f"sim time_scale, wall/emulated ({FULL['time_scale']:g})")
-    ap.add_argument("--replicas", action="append", default=[], metavar="STAGE=N", help="instances of a stage")
+    ap.add_argument("--replicas", action="append", default=[], metavar="NAME=N",
+                    help="instances of a stage, or members of a pool (llm=N)")
+    ap.add_argument("--stream-topology", help="topology file of the stream and item modes "
+                    "(default topology/factool.toml; e.g. topology/factool_stages.toml)")
+    ap.add_argument("--policy", help="the pools' scheduling policy (default: the topology's, prompt-aware)")
     ap.add_argument("--engine-arg", action="append", default=[], metavar="KEY=VALUE",
                     help="a sim parameter for every LM stage (a JSON value or a bare string)")
     ap.add_argument("--target", type=float, default=4.0, help="mean-latency target, emulated s (4)")
@@ -881,21 +1012,32 @@ def main(argv: list[str] | None = None) -> int:
     args.requests = min(args.requests, len(order))
     warm = [questions[i] for i in warm_idx]
 
-    base = tomllib.loads(TOPOLOGY.read_text())
-    stages = [s["name"] for s in base["stage"]]
-    topos = {m: variant(base, stream=(m == "stream"), time_scale=args.time_scale,
-                        engine_args=args.engine_args, replicas=replicas) for m in MODES}
-    model = PipelineModel(wl, ref, topos["stream"])
+    unknown = [m for m in modes if m not in TOPOLOGIES]
+    if unknown:
+        ap.error(f"--modes: unknown mode {unknown[0]!r} (known: {', '.join(TOPOLOGIES)})")
+    report_modes = tuple(dict.fromkeys([*MODES, *modes]))
+    topos = {}
+    for m in report_modes:
+        file, stream = TOPOLOGIES[m]
+        path = ROOT / "topology" / file
+        if args.stream_topology and m != "baseline":
+            path = Path(args.stream_topology).resolve()
+        topos[m] = variant(tomllib.loads(path.read_text()), stream=stream,
+                           time_scale=args.time_scale, engine_args=args.engine_args, replicas=replicas,
+                           policy=args.policy)
+    stages_of = {m: [s["name"] for s in topos[m]["stage"]] for m in report_modes}
+    stages = list(dict.fromkeys(n for m in report_modes for n in stages_of[m]))
+    model = PipelineModel(wl, ref, topos["stream"], baseline=topos["baseline"])
     if args.model_only:
-        zero, msweep = model_part(model, rates, args, order, qids, [q["id"] for q in warm])
-        text = model_report(zero, msweep, args, describe_setup(topos["stream"], wl, model, args))
+        zero, msweep = model_part(model, rates, args, order, qids, [q["id"] for q in warm], report_modes)
+        text = model_report(zero, msweep, args, describe_setup(topos, wl, model, args))
         print(text)
         (out / "model_only.md").write_text(text + "\n")
         return 0
-    points: dict[str, list[Point]] = {m: [] for m in MODES}
+    points: dict[str, list[Point]] = {m: [] for m in report_modes}
     with tempfile.TemporaryDirectory(prefix="bench_factool_") as tmp:
         paths = {}
-        for m in MODES:
+        for m in report_modes:
             paths[m] = Path(tmp) / f"factool_{m}.toml"
             paths[m].write_text(to_toml(topos[m]))
         print(f"bench_factool: rates {rates} x modes {modes}, time_scale {args.time_scale:g}, "
@@ -905,7 +1047,7 @@ def main(argv: list[str] | None = None) -> int:
                 t = time.monotonic()
                 for attempt in range(3):
                     try:
-                        pt = run_point(paths[mode], stages, mode, rate, args, questions, expected, order,
+                        pt = run_point(paths[mode], stages_of[mode], mode, rate, args, questions, expected, order,
                                        warm, model.calls_per_request)
                         break
                     except (LaunchError, RuntimeError) as exc:   # launch or warm-up on a starved machine
@@ -914,7 +1056,7 @@ def main(argv: list[str] | None = None) -> int:
                         if attempt == 2:
                             raise
                 times, idx = arrival_trace(args.seed, rate, requests_for(rate, args), order)
-                res = model.run([(tt, qids[i]) for tt, i in zip(times[:pt.sent], idx)], mode == "stream",
+                res = model.run([(tt, qids[i]) for tt, i in zip(times[:pt.sent], idx)], mode,
                                 [q["id"] for q in warm])
                 pt.model_mean = statistics.fmean(res.values()) if res else math.nan
                 pt.model_p99 = percentile(list(res.values()), 99)
@@ -924,14 +1066,15 @@ def main(argv: list[str] | None = None) -> int:
                       f"{pt.throughput:.2f}/s, mean {fmt(pt.mean)} s (model {fmt(pt.model_mean)}), p50 "
                       f"{fmt(pt.p50)}, p99 {fmt(pt.p99)} | CPU machine {100 * pt.cpu_mean:.0f}% (max "
                       f"{100 * pt.cpu_max:.0f}%), ours {100 * pt.own_cpu:.0f}%, load {pt.loadavg:.1f} | "
-                      f"{time.monotonic() - t:.0f} s (launch {pt.launch_s:.1f}, warm-up {pt.warm_s:.1f})"
+                      f"{time.monotonic() - t:.0f} s (launch {pt.launch_s:.1f}, warm-up {pt.warm_s:.1f}) | member "
+                f"loads {', '.join(f'{v:.0f}' for v in pt.member_load.values()) or '-'}"
                       + (f" | e.g. {pt.error_samples[0]}" if pt.error_samples else ""),
                       file=sys.stderr, flush=True)
     if not all(points[m] for m in MODES):
         print(json.dumps({m: [dataclasses.asdict(p) for p in points[m]] for m in MODES}, indent=1))
         return 1 if any(p.mismatches for m in MODES for p in points[m]) else 0
 
-    zero, msweep = model_part(model, rates, args, order, qids, [q["id"] for q in warm])
+    zero, msweep = model_part(model, rates, args, order, qids, [q["id"] for q in warm], report_modes)
     model_n = len(order)
     print(f"[{time.monotonic() - started:5.0f} s] model sweep done", file=sys.stderr, flush=True)
 
@@ -946,14 +1089,14 @@ def main(argv: list[str] | None = None) -> int:
         "commit": commit + (" (+ uncommitted changes)" if dirty else ""),
         "stages": stages,
         "model_n": model_n,
-        "describe": describe_setup(topos["stream"], wl, model, args),
+        "describe": describe_setup(topos, wl, model, args),
     }
     text, summary = report(points, msweep, zero, args, setup)
     print(text)
     (out / "results.md").write_text(text + "\n")
     (out / "results.json").write_text(json.dumps(
         {"setup": setup, "args": vars(args), "summary": summary, "model_sweep": msweep,
-         "points": {m: [dataclasses.asdict(p) for p in points[m]] for m in MODES}}, indent=1, default=str))
+         "points": {m: [dataclasses.asdict(p) for p in points[m]] for m in points}}, indent=1, default=str))
     plot(points, msweep, args, out / "latency_throughput.png", summary)
     print(f"wrote {out}/results.md, results.json, latency_throughput.png", file=sys.stderr)
     return 1 if summary["mismatches"] else 0

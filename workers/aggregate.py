@@ -17,7 +17,8 @@ request deadline passes is freed by :meth:`Aggregator.expire` and reported, so t
 caller emits an ERROR; a partial group is never reduced.
 
 Operators (:func:`make_operator`): ``collect``, ``count``, ``sum``, ``all``, ``any``,
-``top_k``, ``filter`` (per item) and a user callable ``"module:function"``.
+``top_k``, ``filter`` (per item), ``barrier`` (no reduction: :mod:`workers.barrier`
+releases a complete group's items unchanged) and a user callable ``"module:function"``.
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ class Operator:
 
     name = "operator"
     per_item = False
+    keeps_paths = False   # a barrier: complete groups are released item by item, paths kept
 
     def group(self, items: list[Item], group: Path) -> Any:
         """The output of a complete group; ``items`` are ``(path, payload)`` ordered by path."""
@@ -174,6 +176,17 @@ class Filter(Operator):
 
     def item(self, path: Path, payload: Any) -> Any:
         return payload if self.predicate(payload, path) else DROPPED
+
+
+class Release(Operator):
+    """``barrier``: no reduction; the stage releases a complete group's items as they are
+    (:mod:`workers.barrier` does the holding and the replay)."""
+
+    name = "barrier"
+    keeps_paths = True
+
+    def group(self, items: list[Item], group: Path) -> Any:
+        raise TypeError("a barrier releases its items; it does not reduce a group")
 
 
 class Call(Operator):
@@ -296,7 +309,10 @@ def make_operator(op: str, options: Mapping[str, Any] | None = None) -> Operator
         return TopK(k, _field_option(op, opts, "score"))
     if op == "filter":
         return _make_filter(_take(op, options, ("where", "field", *_TESTS)))
-    known = "collect, count, sum, all, any, top_k, filter"
+    if op == "barrier":
+        _take(op, options, ())
+        return Release()
+    known = "collect, count, sum, all, any, top_k, filter, barrier"
     raise ValueError(f"unknown aggregate operator {op!r} (known: {known}, or 'module:function')")
 
 

@@ -15,6 +15,7 @@ from alto_bus.stage import StageLogic
 from alto_bus.topology import StageConfig
 from alto_bus.wire import join_chunks
 from workers.aggregate import DROPPED, AggregateError, Aggregator, make_operator
+from workers.barrier import BarrierStage
 
 
 class AggregateStage(StageLogic):
@@ -67,7 +68,9 @@ class AggregateStage(StageLogic):
         return len(self.agg)
 
 
-def build_stage(config: StageConfig) -> AggregateStage:
+def build_stage(config: StageConfig) -> StageLogic:
     fields = config.fields
+    if fields["op"] == "barrier":
+        return BarrierStage(config.key_depth or 1)
     # A per-item operator (filter) has no key depth: it keeps paths as they are.
     return AggregateStage(config.key_depth or 1, fields["op"], fields.get("options"))

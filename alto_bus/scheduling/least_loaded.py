@@ -1,10 +1,11 @@
 """Least-loaded: every prompt on every instance; each request goes to the instance with
-the lowest load (queue depth + running sequences). Balances load, ignores locality.
+the lowest load (queue depth + running sequences; near-ties in turn, see
+:func:`~alto_bus.scheduling.base.lightest`). Balances load, ignores locality.
 """
 
 from __future__ import annotations
 
-from .base import InstanceId, Loads, Placement, Policy, Prompt, RoundInput, everywhere, least_loaded
+from .base import InstanceId, Loads, Placement, Policy, Prompt, RoundInput, everywhere, lightest
 
 
 class LeastLoaded(Policy):
@@ -17,4 +18,4 @@ class LeastLoaded(Policy):
         ids = placement.prompts.get(prompt)
         if not ids:
             return self.spill_anywhere(prompt, placement, loads)
-        return least_loaded(ids, loads)  # type: ignore[return-value]  # ids is not empty
+        return lightest(ids, loads, self.next_turn())[0]

@@ -48,6 +48,7 @@ from .base import (
     Prompt,
     RoundInput,
     check_pool,
+    lightest,
 )
 
 Sets = dict[Prompt, list[InstanceId]]
@@ -120,11 +121,7 @@ class PromptAware(Policy):
         ids = placement.prompts.get(prompt)
         if not ids:
             return self.spill_anywhere(prompt, placement, loads)
-        best, best_load = ids[0], math.inf
-        for inst in ids:
-            load = loads.get(inst, 0.0)
-            if load < best_load:
-                best, best_load = inst, load
+        best, best_load = lightest(ids, loads, self.next_turn())
         if best_load <= self.spill_floor:
             return best  # the common case: a placed instance has room
         # Spill only to a clearly lighter instance, or locality is lost for nothing.

@@ -87,7 +87,7 @@ def test_killing_the_launcher_stops_every_host(clean, launches, tmp_path):
 def test_the_fact_verification_pipeline_with_an_lm_pool_across_hosts(clean, launches, tmp_path):
     # Every stage kind (LM stages on a pool of sim engines, retriever, functions, aggregates).
     hosts = clean
-    topo = variant(True, None, "factool_pool.toml")
+    topo = variant(True, None, "factool.toml")
     topo["host"] = host_tables(hosts, gpus=[1, 1, 1])
     topo["pool"][0]["gpus"] = 1  # a member per GPU: one on each host
     assert topo["pool"][0]["replicas"] == 3

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import Iterator
 from hashlib import blake2b
 from typing import Any
@@ -244,3 +245,18 @@ def reference_ops(text: str, keep: str, per_group: str, per_request: str) -> Any
         kept = [p for ii, p in enumerate(items(g)) if test(p, [None, gi, ii])]
         outs.append(OPS[per_group][1](kept, (None, gi)))
     return OPS[per_request][1](outs, (None,))
+
+
+# -- barrier: items made one after another, stamped when they pass on ------------------
+
+
+async def staggered(text: str):
+    """One item per word, 20 ms apart, each with the machine-wide time it was made."""
+    for i, word in enumerate(text.split()):
+        if i:
+            await asyncio.sleep(0.02)
+        yield {"word": word, "made": time.monotonic()}
+
+
+def seen(item: dict) -> dict:
+    return {**item, "seen": time.monotonic()}

@@ -1,5 +1,6 @@
 """The fact-verification pipeline end to end on the sim engine: every verdict equals the
-single-process reference, streaming or not, with one or several replicas per stage."""
+single-process reference, streaming or not, stage by stage (FacTool's way, with barriers),
+on a shared pool or with one or several replicas per stage."""
 
 from __future__ import annotations
 
@@ -41,9 +42,10 @@ def variant(stream: bool = True, replicas: int | None = None, file: str = "facto
 
 
 @pytest.mark.parametrize("stream, replicas, file", [
-    (True, None, "factool.toml"), (True, 3, "factool.toml"), (False, None, "factool.toml"),
-    (True, None, "factool_pool.toml"), (False, None, "factool_pool.toml")],
-    ids=["stream", "stream-3-replicas", "baseline", "pool", "pool-baseline"])
+    (True, None, "factool.toml"), (False, None, "factool.toml"), (False, None, "factool_baseline.toml"),
+    (True, None, "factool_stages.toml"), (True, 3, "factool_stages.toml"), (False, None, "factool_stages.toml")],
+    ids=["pool-stream", "pool-whole-outputs", "pool-factool-baseline", "stages-stream", "stages-3-replicas",
+         "stages-whole-outputs"])
 def test_verdicts_equal_the_reference(reference, stream, replicas, file):
     workload, ref = reference
     questions = [q["question"] for q in workload.questions[:N]]

@@ -66,7 +66,7 @@ def test_vllm_stage_streams_token_batches_downstream_while_generating(model):
 
 
 def test_fact_verification_flow_runs_on_vllm(model, tmp_path):
-    topo = tomllib.loads((ROOT / "topology" / "factool_pool.toml").read_text())
+    topo = tomllib.loads((ROOT / "topology" / "factool.toml").read_text())
     pool = topo["pool"][0]
     # FacTool's prompts are ~2,300 characters: more tokens than 512 with the tiny tokenizer.
     pool.update(engine="vllm", model=model, engine_args={**ENGINE_ARGS, "max_model_len": 2048}, replicas=1)

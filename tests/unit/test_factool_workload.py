@@ -74,6 +74,18 @@ def test_script_lookup(default):
     assert default.script_lookup("nonexistent prompt", q) is None
 
 
+def test_claims_of_a_whole_answer_are_its_sentences_claims_in_order(traces, default):
+    # FacTool's claim extraction reads the whole answer (the baseline topology does).
+    _, trs = traces
+    for tr in trs:
+        answer = default.script_lookup("answer", tr.question)
+        whole = default.script_lookup("claims", answer)
+        assert split_lines(whole) == [c for per_sentence in tr.claims for c in per_sentence]
+        assert [line.split(".")[0] for line in whole.splitlines()] == \
+            [str(i) for i in range(1, len(split_lines(whole)) + 1)]
+    assert default.script_lookup("claims", "Two sentences. Nobody scripted them.") is None
+
+
 def test_every_lookup_hits_and_every_key_is_used(traces, default):
     ref, _ = traces     # the strict reference raised already if a lookup missed
     used = Counter(ref.lookups)
@@ -153,14 +165,15 @@ def test_split_sentences_and_lines():
 # --- prompts ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name,size", [("claims", 2300), ("queries", 1200), ("verify", 1350)])
+@pytest.mark.parametrize("name,size", [("claims", 2300), ("claims_answer", 2300), ("queries", 1200),
+                                       ("verify", 1350)])
 def test_prompt_fixed_parts_are_sized_like_factool(name, size):
     assert abs(len(prompts.fixed_part(name)) - size) < 0.1 * size
 
 
 def test_prompts_render_from_items():
     assert len(prompts.fixed_part("answer")) < 600
-    item = {"question": "Who?", "sentence": "S.", "claim": "C.", "evidence": "[1] E."}
+    item = {"question": "Who?", "sentence": "S.", "answer": "A.", "claim": "C.", "evidence": "[1] E."}
     for name, key_field in prompts.SCRIPT_KEY_FIELD.items():
         text = prompts.render(name, item)
         assert text.startswith(prompts.fixed_part(name)) and item[key_field] in text

@@ -311,10 +311,23 @@ def test_prompt_aware_chooses_least_loaded_placed_instance():
     assert policy.drain_spills() == {}
 
 
+@pytest.mark.parametrize("name", ["prompt-aware", "least-loaded"])
+def test_near_tied_instances_share_the_requests_and_a_clearly_lighter_one_takes_them_all(name):
+    # Loads a sender sees are a report up to an interval old: near-ties must not herd.
+    policy = make_policy(name)
+    pl = PL if name == "prompt-aware" else Placement(prompts={"a": ("i0", "i1")}, policy=name)
+    picks = [policy.choose("a", pl, {"i0": 57, "i1": 62, "i2": 90, "i3": 90}) for _ in range(100)]
+    assert picks.count("i0") == picks.count("i1") == 50
+    picks = [policy.choose("a", pl, {"i0": 12, "i1": 185, "i2": 90, "i3": 90}) for _ in range(100)]
+    assert set(picks) == {"i0"}
+    assert policy.drain_spills() == {}
+
+
 def test_prompt_aware_spills_only_when_every_placed_instance_is_busy():
     policy = make_policy("prompt-aware", spill_floor=16, spill_ratio=2)
-    # Busy but nothing clearly lighter elsewhere: stay (16 + 2*20 = 56 > 50).
-    assert policy.choose("a", PL, {"i0": 50, "i1": 60, "i2": 20, "i3": 25}) == "i0"
+    # Busy but nothing clearly lighter elsewhere: stay (16 + 2*20 = 56 > 50); 50 and 60 are
+    # near-tied, so either placed instance.
+    assert policy.choose("a", PL, {"i0": 50, "i1": 60, "i2": 20, "i3": 25}) in ("i0", "i1")
     # One placed instance is fine: stay, even though others are idle.
     assert policy.choose("a", PL, {"i0": 12, "i1": 60, "i2": 0, "i3": 0}) == "i0"
     assert policy.drain_spills() == {}

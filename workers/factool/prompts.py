@@ -9,12 +9,15 @@ prompt     fields                          fixed part
 =========  ==============================  ========================================
 answer     ``{question}``                  a short system prompt
 claims     ``{question}``, ``{sentence}``  ~2,300 characters, 6 worked examples
+claims_answer ``{answer}``                 ~2,300 characters, 4 worked examples (baseline)
 queries    ``{claim}``                     ~1,200 characters, 3 worked examples
 verify     ``{claim}``, ``{evidence}``     ~1,350 characters, the output schema
 =========  ==============================  ========================================
 
 The claim stage sees one sentence at a time (sentences stream in), so it also gets the
-question, which names the subject its pronouns refer to. ``SCRIPT_KEY_FIELD`` names the
+question, which names the subject its pronouns refer to. ``CLAIMS_ANSWER`` is FacTool's
+own form, claims over the whole answer at once: the baseline that waits for whole
+outputs (``topology/factool_baseline.toml``) uses it. ``SCRIPT_KEY_FIELD`` names the
 input field whose value is the sim engine's script key.
 """
 
@@ -95,6 +98,58 @@ Sentence: {sentence}
 Claims:
 """
 
+CLAIMS_ANSWER = """\
+System: You break a chatbot's answer into atomic factual claims so that each one can be \
+checked against a reference source on its own.
+Instructions:
+- You see a whole answer after "Answer:". List every checkable statement of fact it \
+makes, in the order the answer makes them: who did what, where, when, how many, what \
+something is.
+- Write each claim as a short, complete sentence that makes sense on its own. Replace \
+pronouns and phrases such as "the town" or "she" by the full name they stand for.
+- Keep each claim to a single fact: a sentence joining two facts with "and" gives two.
+- Do not add anything the answer does not say, and do not judge whether it is true.
+- Leave out opinions, greetings, hedges and remarks that state no checkable fact.
+- Write one claim per line, numbered "1.", "2.", and so on. If the answer states no \
+fact at all, write nothing.
+
+Example 1
+Answer: Marie Curie was born in Warsaw in 1867. She received the Nobel Prize in \
+Chemistry in 1911, her second Nobel Prize. I hope this helps.
+Claims:
+1. Marie Curie was born in Warsaw.
+2. Marie Curie was born in 1867.
+3. Marie Curie received the Nobel Prize in Chemistry in 1911.
+4. The Nobel Prize in Chemistry of 1911 was the second Nobel Prize of Marie Curie.
+
+Example 2
+Answer: The Danube is a long river of Europe. It flows through ten countries and \
+empties into the Black Sea.
+Claims:
+1. The Danube is a river of Europe.
+2. The Danube flows through ten countries.
+3. The Danube empties into the Black Sea.
+
+Example 3
+Answer: Lisbon is a lovely place to visit. I hope this short summary is useful to you.
+Claims:
+
+Example 4
+Answer: The Eiffel Tower is a wrought-iron tower in Paris. The tower was completed in \
+1889 and stands about 330 metres tall. Many people find it lovely, and it is the most \
+visited monument of the city.
+Claims:
+1. The Eiffel Tower is a wrought-iron tower.
+2. The Eiffel Tower is in Paris.
+3. The Eiffel Tower was completed in 1889.
+4. The Eiffel Tower stands about 330 metres tall.
+5. The Eiffel Tower is the most visited monument of Paris.
+
+Now list the claims of this answer.
+Answer: {answer}
+Claims:
+"""
+
 QUERIES = """\
 System: You write web search queries that would find evidence for or against a claim.
 
@@ -168,12 +223,13 @@ Evidence:
 Verdict:
 """
 
-PROMPTS: dict[str, str] = {"answer": ANSWER, "claims": CLAIMS, "queries": QUERIES,
-                           "verify": VERIFY}
+PROMPTS: dict[str, str] = {"answer": ANSWER, "claims": CLAIMS, "claims_answer": CLAIMS_ANSWER,
+                           "queries": QUERIES, "verify": VERIFY}
 
 # Which input field holds the sim engine's script key for each prompt.
 SCRIPT_KEY_FIELD: dict[str, str] = {"answer": "question", "claims": "sentence",
-                                    "queries": "claim", "verify": "claim"}
+                                    "claims_answer": "answer", "queries": "claim",
+                                    "verify": "claim"}
 
 
 def fields(name: str) -> tuple[str, ...]:

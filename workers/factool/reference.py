@@ -25,16 +25,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from workers.factool.handlers import build_verdict, build_verify_input
-from workers.factool.workload import DEFAULT_PATH, Workload
+from workers.factool.workload import DEFAULT_PATH, Workload, split_sentences
 from workers.retrieve import BM25Index
 
-_SENTENCE_BREAK = re.compile(r"(?<=[.?!])\s+(?=[A-Z])")
 _LIST_MARKER = re.compile(r"^\s*(?:\d+[.)]|[-*\u2022])\s+")
-
-
-def split_sentences(text: str) -> list[str]:
-    """Sentences of ``text``: a break after ".", "?" or "!" and spaces before a capital."""
-    return [s.strip() for s in _SENTENCE_BREAK.split(text) if s.strip()]
 
 
 def split_lines(text: str) -> list[str]:

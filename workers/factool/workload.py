@@ -9,6 +9,8 @@ prompt     script key           scripted output
 =========  ===================  ==================================================
 answer     the question text    the answer: sentences in one paragraph
 claims     one sentence         its claims, one per line, numbered ``"1. ..."``
+claims     a whole answer       the claims of all its sentences, renumbered (FacTool's
+                                claim extraction over the whole response: the baseline)
 queries    one claim            1-3 search queries, one per line, ``"- ..."``
 verify     one claim            ``{"reasoning": ..., "factuality": true|false}``
 =========  ===================  ==================================================
@@ -50,6 +52,7 @@ import gzip
 import json
 import os
 import random
+import re
 import string
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -496,8 +499,23 @@ class Workload:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def script_lookup(self, prompt_name: str, key: str) -> str | None:
-        """The scripted output of ``prompt_name`` for ``key``, or None if none is scripted."""
-        return self.script.get(prompt_name, {}).get(key)
+        """The scripted output of ``prompt_name`` for ``key``, or None if none is scripted.
+
+        ``claims`` also takes a whole answer (FacTool extracts claims from the whole
+        response): its output is the claims of the answer's sentences, in order,
+        numbered 1..n. It is derived, not stored, so the file keeps one key per sentence.
+        """
+        out = self.script.get(prompt_name, {}).get(key)
+        if out is None and prompt_name == "claims":
+            out = self._answer_claims(key)
+        return out
+
+    def _answer_claims(self, answer: str) -> str | None:
+        per_sentence = [self.script["claims"].get(s) for s in split_sentences(answer)]
+        if len(per_sentence) < 2 or None in per_sentence:
+            return None     # not a scripted answer (one sentence is a sentence key)
+        claims = [line.split(". ", 1)[1] for text in per_sentence for line in text.splitlines()]
+        return "\n".join(f"{i}. {c}" for i, c in enumerate(claims, 1))
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write gzip'd JSON; the bytes depend only on the content (no timestamp)."""
@@ -630,6 +648,14 @@ def generate(n_questions: int, seed: int, params: Params | None = None) -> Workl
             labels[c]["passage"] = pid
     meta = {"seed": seed, "n_questions": n_questions, "params": _jsonable(asdict(p))}
     return Workload(questions, script, corpus, labels, meta)
+
+
+_SENTENCE_BREAK = re.compile(r"(?<=[.?!])\s+(?=[A-Z])")
+
+
+def split_sentences(text: str) -> list[str]:
+    """Sentences of ``text``: a break after ".", "?" or "!" and spaces before a capital."""
+    return [s.strip() for s in _SENTENCE_BREAK.split(text) if s.strip()]
 
 
 def _cap(text: str) -> str:

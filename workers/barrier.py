@@ -1,0 +1,154 @@
+"""A stage barrier: hold a group's items until the group is whole, then release them.
+
+``kind = "aggregate"`` with ``op = "barrier"``: items are grouped by
+``path[:key_depth]`` as for any aggregate (keyed routing brings a group to one
+instance), but a complete group is not reduced to one item: every DATA, END and DROP
+the group received is sent on unchanged, paths and all, in the order it came. Nothing
+downstream starts on a group before all of it exists.
+
+That is how a pipeline runs stage by stage, the way FacTool runs its batches and the
+way the paper's baseline "waits for whole outputs between stages": with
+``key = "request"`` between two stages, the second sees none of a request's items
+until the first has produced all of them (``topology/factool_baseline.toml``). The
+stage costs one hop and holds the group's items, nothing else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from alto_bus.ancestry import AncestryError, GroupTracker, Path
+from alto_bus.stage import StageLogic
+from alto_bus.topology import StageConfig
+from alto_bus.wire import join_chunks
+
+# A held event: ("data", path, payload, epoch) | ("end", path, n, epoch) | ("drop", path, None, epoch)
+Event = tuple[str, list, Any, int]
+
+
+class BarrierError(ValueError):
+    """A marker that contradicts the group (its state is already freed); ``path`` is the group's."""
+
+    def __init__(self, path: Path, message: str) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class _Held(GroupTracker):
+    __slots__ = ("events",)
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.events: list[Event] = []
+
+
+class Barrier:
+    """Groups events by ``path[:key_depth]``; returns a group's events once it completes. Pure."""
+
+    def __init__(self, key_depth: int) -> None:
+        if isinstance(key_depth, bool) or not isinstance(key_depth, int) or key_depth < 1:
+            raise ValueError(f"key_depth must be an int >= 1, got {key_depth!r}")
+        self.key_depth = key_depth
+        self._groups: dict[Path, _Held] = {}
+
+    def __len__(self) -> int:
+        return len(self._groups)
+
+    def passes_through(self, path: Sequence[int]) -> bool:
+        """Markers above the groups (shallower than the key) are the caller's to forward."""
+        return len(path) < self.key_depth
+
+    def data(self, path: Sequence[int], payload: Any, epoch: int) -> list[Event]:
+        if len(path) < self.key_depth:
+            raise BarrierError(tuple(path), f"item {list(path)} is shallower than the key depth {self.key_depth}")
+        return self._event(("data", list(path), payload, epoch), lambda g, p: g.leaf(p))
+
+    def end(self, path: Sequence[int], n: int, epoch: int) -> list[Event]:
+        return self._event(("end", list(path), n, epoch), lambda g, p: g.end(p, n))
+
+    def drop(self, path: Sequence[int], epoch: int) -> list[Event]:
+        return self._event(("drop", list(path), None, epoch), lambda g, p: g.drop(p))
+
+    def _event(self, event: Event, mark: Any) -> list[Event]:
+        path = tuple(event[1])
+        root = path[: self.key_depth]
+        group = self._groups.get(root)
+        if group is None:
+            group = self._groups[root] = _Held(root)
+        group.events.append(event)
+        try:
+            complete = mark(group, path)
+        except (AncestryError, TypeError) as exc:
+            del self._groups[root]
+            raise BarrierError(root, f"group {list(root)}: {exc}") from exc
+        if not complete:
+            return []
+        del self._groups[root]
+        return group.events
+
+    def cancel(self, rids: Iterable[int]) -> None:
+        rids = set(rids)
+        for root in [r for r in self._groups if r[0] in rids]:
+            del self._groups[root]
+
+    def held(self) -> set[int]:
+        return {root[0] for root in self._groups}
+
+
+class BarrierStage(StageLogic):
+    """The runtime adapter: streamed items join whole, complete groups are replayed."""
+
+    def __init__(self, key_depth: int) -> None:
+        self.barrier = Barrier(key_depth)
+        self._chunks: dict[tuple, list] = {}
+
+    def on_data(self, path: list, seq: int, payload: Any, final: bool, epoch: int) -> None:
+        if not final:
+            self._chunks.setdefault(tuple(path), []).append(payload)
+            return
+        if self._chunks and (chunks := self._chunks.pop(tuple(path), None)) is not None:
+            chunks.append(payload)
+            payload = join_chunks(chunks)
+        self._run(self.barrier.data, path, payload, epoch)
+
+    def on_end(self, path: list, n: int, epoch: int) -> None:
+        if self.barrier.passes_through(path):
+            self.out.end(path, n, epoch)
+        else:
+            self._run(self.barrier.end, path, n, epoch)
+
+    def on_drop(self, path: list, epoch: int) -> None:
+        if self.barrier.passes_through(path):
+            self.out.drop(path, epoch)
+        else:
+            self._run(self.barrier.drop, path, epoch)
+
+    def _run(self, event: Any, path: list, *args: Any) -> None:
+        try:
+            released = event(path, *args)
+        except BarrierError as exc:
+            self.out.error(list(exc.path), str(exc), args[-1])
+            return
+        for kind, p, value, epoch in released:
+            if kind == "data":
+                self.out.data(p, 0, value, True, epoch)
+            elif kind == "end":
+                self.out.end(p, value, epoch)
+            else:
+                self.out.drop(p, epoch)
+
+    def cancel(self, rids: set[int]) -> None:
+        self.barrier.cancel(rids)
+        for p in [p for p in self._chunks if p[0] in rids]:
+            del self._chunks[p]
+
+    def held(self) -> Iterable[int]:
+        return self.barrier.held() | {p[0] for p in self._chunks}
+
+    def depth(self) -> int:
+        return len(self.barrier)
+
+
+def build_stage(config: StageConfig) -> BarrierStage:
+    return BarrierStage(config.key_depth or 1)
