@@ -110,8 +110,7 @@ def variant(base: dict[str, Any], *, stream: bool | None, time_scale: float, eng
     topo = json.loads(json.dumps(base))          # deep copy
     # A shared 2-core machine can starve a worker's heartbeat thread for a few seconds;
     # this benchmark is not about failure detection, so the broker waits 10 s, not 2 s.
-    topo.setdefault("broker", {})["heartbeat_liveness"] = int(os.environ.get("HB_LIVE", 20))
-    if os.environ.get("HB_INT"): topo["broker"]["heartbeat_interval"] = float(os.environ["HB_INT"])
+    topo.setdefault("broker", {})["heartbeat_liveness"] = 20
     for pool in topo.get("pool", []):
         pool["engine_args"] = {**(pool.get("engine_args") or {}), **engine_args, "time_scale": time_scale}
         if pool["name"] in replicas:
