@@ -26,7 +26,8 @@ from alto_bus import keys, wire
 from alto_bus.gateway import ClientOut, Gateway
 from alto_bus.membership import Instance, Membership
 from alto_bus.pools import PoolScheduler
-from alto_bus.routing import LoadView, pow2_choice
+from alto_bus.routing import LoadView, PoolRoute, pow2_choice
+from alto_bus.scheduling import make_policy
 from alto_bus.sockets import advertised, bound_address, make_socket
 from alto_bus.topology import Topology
 
@@ -65,6 +66,14 @@ class Broker:
                                             _prefix_tokens(topology, p.stages))
                       for p in topology.pools}
         self._next_round = 0.0
+        # An entry stage on a pool is routed by the pool's policy, like any other prompt
+        # of the pool: else the placement would assume a load that goes elsewhere.
+        entry = topology.entry
+        self.entry_pool = self.pool_of.get(entry.name)
+        self.entry_route: PoolRoute | None = None
+        if self.entry_pool is not None:
+            pool = topology.pool(self.entry_pool)
+            self.entry_route = PoolRoute(entry.name, make_policy(pool.policy, **(pool.policy_args or {})))
         self.loads = LoadView()
         self.rng = random.Random(0x5EED)
         self.host = socket.gethostname()
@@ -404,8 +413,21 @@ class Broker:
                 self._schedule_pools()
             body["placements"] = {n: p.placement.to_dict() for n, p in self.pools.items() if p.placement}
             body["member_loads"] = {n: p.member_loads for n, p in self.pools.items()}
+            self._update_entry_route(body)
         for inst in self.members.instances.values():
             self._send_control(inst.identity, "loads", body)
+
+    def _update_entry_route(self, body: dict) -> None:
+        route = self.entry_route
+        if route is None:
+            return
+        name = self.entry_pool
+        route.update(body["placements"].get(name), body["member_loads"].get(name))
+        route.members({i.iid: i.member for i in self.members.instances.values() if i.member is not None},
+                      self.members.routable(self.topology.entry.name))
+        spills = route.policy.drain_spills()
+        if spills:
+            self.pools[name].note_spills(spills)
 
     def _schedule_pools(self) -> None:
         for name, sched in self.pools.items():
@@ -500,7 +522,9 @@ class Broker:
         if isinstance(rid, str):
             out.append((identity, [wire.FAILED, cid, "gateway", rid]))
             return
-        iid = pow2_choice(writable, self.loads, self.rng)
+        iid = self.entry_route.pick() if self.entry_route is not None else None
+        if iid is None or iid not in writable:
+            iid = pow2_choice(writable, self.loads, self.rng)
         self.loads.note_sent(iid)
         link = self.entries[iid]
         link.sent_rids.append(rid)

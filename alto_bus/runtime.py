@@ -30,7 +30,7 @@ import zmq.asyncio
 from alto_bus import wire
 from alto_bus.control import ControlLink
 from alto_bus.hashring import KeyTable
-from alto_bus.routing import LoadView, pow2_choice
+from alto_bus.routing import LoadView, PoolRoute, pow2_choice
 from alto_bus.sockets import advertised, bound_address, make_socket
 from alto_bus.stage import FunctionStage, StageLogic, describe
 from alto_bus.topology import StageConfig, import_object
@@ -97,54 +97,6 @@ class Outbox:
                         "the oldest", self.dest, len(older))
             for rid in list(itertools.islice(older, len(older) - OLDER_MEMORY)):
                 del older[rid]
-
-
-class PoolRoute:
-    """Routing to a next stage served by an LM pool: the pool's scheduling policy picks
-    among the instances the broker placed this prompt on (spilling when they are all
-    loaded), with loads summed per pool member (one engine serves several prompts).
-
-    The member loads come from the broker once a heartbeat interval; between two updates
-    each sender adds what it sent since, counted ``senders`` times (every instance of the
-    sending stage sends at about the same rate, and sees only its own sends). Counting
-    only its own sends, every sender would keep choosing the member that looked lightest
-    in the last update: they herd onto it for a whole interval, then onto the other."""
-
-    __slots__ = ("prompt", "policy", "placement", "member_of", "iid_of", "member_loads", "sent", "senders")
-
-    def __init__(self, prompt: str, policy: Any) -> None:
-        self.prompt = prompt
-        self.policy = policy
-        self.placement: Any = None
-        self.member_of: dict[int, str] = {}   # next-stage instance -> pool member
-        self.iid_of: dict[str, int] = {}      # pool member -> next-stage instance
-        self.member_loads: dict[str, int] = {}
-        self.sent: dict[str, int] = {}
-        self.senders = 1                      # instances of the sending stage
-
-    def update(self, placement: dict | None, member_loads: dict | None) -> None:
-        from alto_bus.scheduling import Placement
-
-        if placement is not None:
-            self.placement = Placement.from_dict(placement)
-        if member_loads is not None:
-            self.member_loads = {str(m): int(v) for m, v in member_loads.items()}
-            self.sent = {}
-
-    def members(self, members: dict, ids: list[int], senders: int = 1) -> None:
-        self.senders = max(1, senders)
-        self.member_of = {i: str(members[i]) for i in ids if i in members}
-        self.iid_of = {m: i for i, m in self.member_of.items()}
-
-    def pick(self) -> int | None:
-        if self.placement is None or not self.iid_of:
-            return None
-        loads = {m: self.member_loads.get(m, 0) + self.senders * self.sent.get(m, 0) for m in self.iid_of}
-        member = self.policy.choose(self.prompt, self.placement, loads)
-        iid = self.iid_of.get(member)
-        if iid is not None:
-            self.sent[member] = self.sent.get(member, 0) + 1
-        return iid
 
 
 class Worker:

@@ -178,6 +178,34 @@ def test_every_policy_serves_the_pipeline(policy):
             assert len(ms) == 1
 
 
+def test_an_entry_stage_on_a_pool_is_routed_by_the_pools_policy():
+    # The first LM stage takes client requests: the gateway routes them by the pool's
+    # policy too. With affinity its prompt sits on one member: the other never gets one.
+    topo = ps.topology(W, policy="affinity", replicas=2, engine_args={"time_scale": 0.2},
+                       broker={"heartbeat_interval": 0.2, "heartbeat_liveness": 25})
+    topo["stage"] = topo["stage"][1:]
+    entry = topo["stage"][0]
+    del entry["input"]
+    with running(topo) as sup, Client(sup.addresses["gateway"], timeout=30) as client:
+        pool = wait_for(sup, "the placement did not cover the entry prompt",
+                        lambda p: len(p["placement"].get(entry["name"], ())) == 1, 10)
+
+        def received() -> dict[int, int]:
+            insts = status(sup)["stages"][entry["name"]]["instances"]
+            return {i["iid"]: i["stats"].get("messages_in", 0) for i in insts}
+
+        before = received()
+        ids = [ps.rid(n, 1) for n in range(30)]
+        futures = [(rid, client.submit({"rid": rid})) for rid in ids]
+        check_results([(rid, fut.result(timeout=40)) for rid, fut in futures])
+        deadline = time.monotonic() + 10
+        while sum(received().values()) < sum(before.values()) + len(ids) and time.monotonic() < deadline:
+            time.sleep(0.2)    # the counters come with the next heartbeats
+        after = received()
+    got = sorted(after[i] - before.get(i, 0) for i in after)
+    assert got == [0, len(ids)], (got, pool["placement"])
+
+
 def test_an_unknown_policy_is_refused_before_anything_starts(tmp_path):
     path = write_topology(tmp_path, ps.topology(W, policy="fastest"))
     with pytest.raises(TopologyError, match=r"pool 'llm'.*field 'policy'.*fastest"):
