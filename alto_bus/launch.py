@@ -216,24 +216,37 @@ class StatusProbe:
 
 def launch(path: str | Path, *, out: IO[str] = sys.stdout, log_level: str = "WARNING") -> int:
     """Run ``alto launch``; returns the process exit code."""
+    return run_until_signal(Supervisor(str(path), out=out, log_level=log_level), (LaunchError,), out)
+
+
+def run_until_signal(runner: Any, failures: tuple[type[BaseException], ...], out: IO[str] = sys.stdout,
+                     wake: Any = None) -> int:
+    """Start ``runner`` and supervise it until SIGINT/SIGTERM or its own end; the exit code.
+
+    ``runner`` has ``start()``, ``supervise(stop_flag) -> int`` and ``stop()`` (a
+    :class:`Supervisor`, a cluster launcher). A topology error exits 2, one of
+    ``failures`` 1, with the message on stderr; ``runner`` is stopped in every case.
+    ``wake()`` is called from the signal handler for a runner that sleeps in a wait.
+    """
     stop_flag = [False]
 
     def on_signal(signum: int, frame: Any) -> None:
         stop_flag[0] = True
+        if wake is not None:
+            wake()
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    sup = Supervisor(str(path), out=out, log_level=log_level)
     try:
-        sup.start()
-        code = sup.supervise(stop_flag)
+        runner.start()
+        code = runner.supervise(stop_flag)
         print("stopping", file=out, flush=True)
         return code
     except topo_mod.TopologyError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 2
-    except LaunchError as exc:
+    except failures as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 1
     finally:
-        sup.stop()
+        runner.stop()

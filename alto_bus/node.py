@@ -50,7 +50,7 @@ from typing import IO, Any
 
 from alto_bus import keys
 from alto_bus import topology as topo_mod
-from alto_bus.launch import StatusProbe, _read_announcement, curve_args
+from alto_bus.launch import StatusProbe, _read_announcement, curve_args, run_until_signal
 from alto_bus.placement import Placed, describe
 
 log = logging.getLogger("alto.node")
@@ -783,24 +783,4 @@ def launch_cluster_main(args: argparse.Namespace) -> int:
               workdir=getattr(args, "remote_workdir", os.getcwd()))
     launcher = ClusterLauncher(args.topology, names, ssh=ssh, log_level="INFO" if args.verbose else "WARNING",
                                ready_timeout=getattr(args, "ready_timeout", 600.0))
-    stop = [False]
-
-    def on_signal(signum: int, frame: Any) -> None:
-        stop[0] = True
-        launcher.wake()
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-    try:
-        launcher.start()
-        code = launcher.supervise(stop)
-        print("stopping", flush=True)
-        return code
-    except topo_mod.TopologyError as exc:
-        print(f"error: {exc}", file=sys.stderr, flush=True)
-        return 2
-    except NodeError as exc:
-        print(f"error: {exc}", file=sys.stderr, flush=True)
-        return 1
-    finally:
-        launcher.stop()
+    return run_until_signal(launcher, (NodeError,), sys.stdout, wake=launcher.wake)
