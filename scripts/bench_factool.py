@@ -517,7 +517,7 @@ def run_point(topo_path: Path, stages: list[str], mode: str, rate: float, args: 
     sampler: Sampler | None = None
     try:
         sup.start()
-        roles = {c.proc.pid: (c.stage or c.role) for c in sup.children}
+        roles = {c.proc.pid: (c.stage or c.role.split("#")[0]) for c in sup.children}
         with Client(sup.addresses["gateway"], timeout=args.timeout * scale) as client:
             pt.launch_s = time.monotonic() - t_launch
             for fut in [client.submit({"question": w["question"]}) for w in warm]:
@@ -834,7 +834,8 @@ def report(points: dict[str, list[Point]], model: dict[str, list[dict]], zero: d
         for p in sorted(points[mode], key=lambda p: p.rate):
             lines.append(f"| {mode} | {p.rate:g} | " + " | ".join(fmt(p.in_flight.get(s), 1) for s in stages)
                          + " | " + " | ".join(fmt(p.stage_time.get(s)) for s in LM_STAGES) + " |")
-    roles = [s for s in ["broker", *stages, "client"] if any(s in p.cpu_by_role for m in points for p in points[m])]
+    seen = {r for m in points for p in points[m] for r in p.cpu_by_role}
+    roles = [s for s in ["broker", *sorted(seen - {"broker", "client", *stages}), *stages, "client"] if s in seen]
     lines += ["", "CPU seconds per request (all processes of a role; wall-clock CPU time, so not divided "
                   "by time_scale):\n",
               "| mode | req/s | " + " | ".join(roles) + " | total |", "|---|---|" + "---|" * (len(roles) + 1)]
