@@ -187,6 +187,23 @@ def test_emulated_time_follows_the_step_model():
     assert st.busy_s == pytest.approx(3 * 512 / 15_000 + 0.012045 + 0.07e-6 * (512 + 1024 + 1536))
 
 
+def test_kv_figures_count_what_running_sequences_hold():
+    async def main():
+        engine = make(kv_capacity_tokens=4096, block_size=16)
+        sp = SamplingParams(max_tokens=40, ignore_eos=True)
+        used = [engine.stats().kv_used_tokens]
+        async for _ in engine.generate("a", "word " * 200, sp):
+            used.append(engine.stats().kv_used_tokens)
+        st = engine.stats()
+        await engine.shutdown()
+        return used, st
+
+    used, st = run(main())
+    assert st.kv_capacity_tokens == 4096
+    assert used[0] == 0 and max(used) >= 200 and max(used) % 16 == 0
+    assert st.kv_used_tokens == 0          # its prefix stays cached, but nobody holds it
+
+
 def test_waiting_for_kv_capacity():
     async def main():
         engine = make(kv_capacity_tokens=128, enable_prefix_caching=False)

@@ -45,6 +45,8 @@ class EngineStats:
     prompts: dict[str, PromptStats] = field(default_factory=dict)
     cache_queries: int = 0         # prompt tokens looked up in the prefix cache (monotonic)
     cache_hits: int = 0            # of which were hits (monotonic)
+    kv_capacity_tokens: int = 0    # KV cache size in tokens (0: the engine does not say)
+    kv_used_tokens: int = 0        # held by sequences now (cached prefixes nobody uses are free)
 
 
 class Engine(Protocol):

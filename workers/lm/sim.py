@@ -402,6 +402,8 @@ class SimEngine:
             prompts=prompts,
             cache_queries=core.cache_queries,
             cache_hits=core.cache_hits,
+            kv_capacity_tokens=core.kv.num_blocks * self.params.block_size,
+            kv_used_tokens=(core.kv.num_blocks - core.kv.available()) * self.params.block_size,
             steps=steps,
             busy_s=core.busy_s,
             prefill_tokens=core.prefill_tokens,

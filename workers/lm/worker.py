@@ -201,7 +201,8 @@ class LMStage(StageLogic):
         """This prompt's engine counters, for the broker's pool scheduler (any thread)."""
         st = self.engine.stats()
         p = st.prompts.get(self.prompt_name)
-        out: dict[str, Any] = {"cache_queries": st.cache_queries, "cache_hits": st.cache_hits}
+        out: dict[str, Any] = {"cache_queries": st.cache_queries, "cache_hits": st.cache_hits,
+                               "kv_capacity": st.kv_capacity_tokens, "kv_used": st.kv_used_tokens}
         if p is not None:
             out.update(prefill_tokens=p.prefill_tokens, cached_tokens=p.cached_tokens,
                        decode_tokens=p.decode_tokens, running=p.running, waiting=p.waiting)
