@@ -201,8 +201,13 @@ class Gateway:
         return expired
 
     def oldest_epoch(self, current: int) -> int:
-        """The oldest routing epoch a request in flight still uses."""
-        return min((r.epoch for r in self.requests.values()), default=current)
+        """The oldest routing epoch a request in flight still uses (O(1), every tick).
+
+        Requests are admitted in order into an insertion-ordered dict and epochs only
+        grow, so the oldest request in flight has the lowest epoch."""
+        for req in self.requests.values():
+            return req.epoch
+        return current
 
     def next_deadline(self) -> float | None:
         heap = self._deadlines

@@ -79,3 +79,16 @@ def test_a_departed_client_is_forgotten():
         g.admit(b"gone", cid, False, None, 0.0)
     assert len(g.drop_client(b"gone")) == 5
     assert not g.requests and b"gone" not in g.by_client
+
+
+def test_the_oldest_epoch_in_flight_follows_the_requests_that_end():
+    g = book()
+    assert g.oldest_epoch(7) == 7                       # nothing in flight: the current one
+    a = g.admit(b"c", 1, False, None, 0.0, 3)
+    b = g.admit(b"c", 2, False, None, 0.0, 5)
+    g.admit(b"c", 3, False, None, 0.0, 5)
+    assert g.oldest_epoch(6) == 3
+    feed(g, [wire.data([a], 0, "x", True, 3)])          # the epoch-3 request ends
+    assert g.oldest_epoch(6) == 5
+    feed(g, [wire.data([b], 0, "y", True, 5)])
+    assert g.oldest_epoch(6) == 5                       # one epoch-5 request is still on its way
