@@ -38,6 +38,7 @@ class PoolScheduler:
     figures: dict[str, dict[str, PromptFigures]] = field(default_factory=dict)   # member -> prompt -> figures
     member_loads: dict[str, int] = field(default_factory=dict)
     hit_rates: dict[str, float] = field(default_factory=dict)                    # member -> hit rate
+    kv: dict[str, tuple[int, int]] = field(default_factory=dict)                 # member -> (capacity, used)
     decisions: deque = field(default_factory=lambda: deque(maxlen=50))
     _last: dict[tuple[str, str], _Counters] = field(default_factory=dict)
     _spills: dict[str, dict[str, int]] = field(default_factory=dict)
@@ -69,6 +70,8 @@ class PoolScheduler:
             running=int(counters.get("running", 0)),
             hit_rate=cached / looked_up if looked_up else 0.0,
         )
+        if counters.get("kv_capacity"):
+            self.kv[member] = (int(counters["kv_capacity"]), int(counters.get("kv_used", 0)))
         if counters.get("cache_queries"):
             self.hit_rates[member] = float(counters.get("cache_hits", 0)) / float(counters["cache_queries"])
 
@@ -81,6 +84,7 @@ class PoolScheduler:
     def forget(self, member: str) -> None:
         self.figures.pop(member, None)
         self._loads.pop(member, None)
+        self.kv.pop(member, None)
         for key in [k for k in self._last if k[0] == member]:
             del self._last[key]
 
@@ -90,6 +94,7 @@ class PoolScheduler:
         if not members:
             return None
         inp = RoundInput(instances=sorted(members), figures={m: self.figures.get(m, {}) for m in members},
+                         kv={m: self.kv[m] for m in members if m in self.kv},
                          prefix_tokens=self.prefix_tokens, previous=self._previous(members),
                          spills=self._spills, prompts=self.prompts)
         self._spills = {}
@@ -122,5 +127,6 @@ class PoolScheduler:
             "demand_tokens_per_s": {p: round(v, 1) for p, v in demand.items()},
             "member_loads": dict(self.member_loads),
             "hit_rates": {m: round(v, 3) for m, v in self.hit_rates.items()},
+            "kv": {m: {"capacity": c, "used": u} for m, (c, u) in self.kv.items()},
             "decisions": list(self.decisions)[-10:],
         }

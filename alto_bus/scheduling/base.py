@@ -156,6 +156,8 @@ class RoundInput:
     previous: Placement | None = None
     spills: Mapping[Prompt, Mapping[InstanceId, int]] = field(default_factory=dict)
     prompts: Sequence[Prompt] = ()
+    # KV cache per instance: (capacity, held by sequences now), tokens; absent = unknown.
+    kv: Mapping[InstanceId, tuple[int, int]] = field(default_factory=dict)
 
     def all_prompts(self) -> list[Prompt]:
         seen: dict[Prompt, None] = dict.fromkeys(self.prompts)
@@ -174,6 +176,21 @@ class RoundInput:
             for p, f in per_prompt.items():
                 out[p] += f.work_tps
         return out
+
+
+def kv_room(inp: RoundInput) -> float:
+    """How many times over the free KV of the tightest instance holds every prompt's
+    prefix (0 when an instance does not report its KV, or no prefix is known)."""
+    need = sum(inp.prefix_tokens.get(p, 0) for p in inp.all_prompts())
+    if need <= 0 or not inp.instances:
+        return 0.0
+    room = math.inf
+    for inst in inp.instances:
+        capacity, used = inp.kv.get(inst, (0, 0))
+        if capacity <= 0:
+            return 0.0
+        room = min(room, (capacity - used) / need)
+    return max(0.0, room)
 
 
 def check_pool(instances: Sequence[InstanceId]) -> list[InstanceId]:
@@ -274,8 +291,9 @@ class Policy(ABC):
                          params=self.params(), round=prev_round + 1)
 
 
-def everywhere(inp: RoundInput, policy: Policy) -> Placement:
-    """Every prompt on every instance (round-robin, least-loaded); decisions on changes."""
+def everywhere(inp: RoundInput, policy: Policy, why: str | None = None) -> Placement:
+    """Every prompt on every instance (round-robin, least-loaded); decisions on changes,
+    with ``why`` as their reason when given."""
     pool = check_pool(inp.instances)
     prev = inp.previous.prompts if inp.previous is not None else {}
     decisions = []
@@ -284,6 +302,6 @@ def everywhere(inp: RoundInput, policy: Policy) -> Placement:
         added = tuple(i for i in pool if i not in before)
         removed = tuple(sorted(before - set(pool)))
         if added or removed:
-            why = "placed on every instance" if not before else "pool membership changed"
-            decisions.append(Decision(p, added, removed, f"prompt {p}: {why}"))
+            reason = why or ("placed on every instance" if not before else "pool membership changed")
+            decisions.append(Decision(p, added, removed, f"prompt {p}: {reason}"))
     return policy._placement({p: pool for p in inp.all_prompts()}, decisions, inp)
