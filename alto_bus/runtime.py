@@ -236,7 +236,8 @@ class Worker:
                 np = welcome["next_pool"]
                 self._pool_route_pool = np["name"]
                 self._pool_route = PoolRoute(welcome["next"]["name"],
-                                             make_policy(np["policy"], **(np.get("policy_args") or {})))
+                                             make_policy(np["policy"], **(np.get("policy_args") or {})),
+                                             own=self.stage)
             self._results_addr = welcome["results"]
             self._recent_keep = int(welcome.get("liveness", 4)) + 2
             self.logic = self._build_logic(self.config)

@@ -2,20 +2,32 @@
 
 A round, in the broker:
 
+0. When the free KV cache of every instance holds every prompt's prefix ``ample_kv``
+   times over (instances report their KV; until they do, or with ``ample_kv = 0``, this
+   never holds), placement has nothing to gain: every instance keeps every prefix warm
+   anyway. Every prompt then goes on every instance and senders balance by load alone;
+   the rounds below resume when the room falls under half of ``ample_kv``.
 1. Demand of each prompt in token-work per second (prompt tokens computed, i.e. not
    served by the prefix cache, plus decoded tokens), summed over the instances and
    smoothed over rounds (``smoothing`` is the weight of the newest round).
 2. Its fair share of the pool, ``k = n_instances * demand / total``, sets how many
    instances it gets (at least one). Hysteresis: the count changes only when ``k`` is
-   ``resize_margin`` or more away from the current count, and a prompt that grew (or
-   spilled) in the last ``cooldown`` rounds does not shrink.
+   ``resize_margin`` or more away from the current count, a prompt that grew (or
+   spilled) in the last ``cooldown`` rounds does not shrink, and a prompt shrinks only
+   if its highest demand of the last ``cooldown`` rounds allows it too (scale down on
+   the recent peak, as autoscalers' stabilization windows do: the demand figures of
+   one round swing by tens of per cent, and shrinking on a dip is undone a few rounds
+   later).
 3. Instances are chosen starting from the previous placement, where prefixes are warm.
-   Where senders spilled (see ``choose``), the instance joins the prompt's placement.
+   Where at least ``min_spills`` requests of a prompt spilled to an instance in the
+   round (see ``choose``), the instance joins the prompt's placement.
    A prompt that grows takes the least loaded instance, or a warm one (it reported
    prefix hits for the prompt, or held it last round) if that is nearly as light. A
-   prompt that shrinks gives up its most loaded instance, unless that would overload
-   the rest, and keeps an instance only it uses unless another prompt takes it. An
-   instance serving nothing goes to the prompt with the most load per instance.
+   prompt that shrinks gives up its most loaded instance, one a round, unless that
+   would overload the rest or leave its other instances over
+   ``1 + shrink_slack * imbalance`` times the mean carrying the prompt's recent peak,
+   and keeps an instance only it uses unless another prompt takes it. An instance
+   serving nothing goes to the prompt with the most load per instance.
 4. Projected loads assume senders balance each prompt over its instances, which they
    do (least-loaded among the placed): each prompt's demand is water-filled over its
    instances, iterated to a fixed point. While the most loaded instance is over
@@ -35,6 +47,7 @@ long and known in advance, so the broker decides per prompt and publishes it.
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -48,6 +61,8 @@ from .base import (
     Prompt,
     RoundInput,
     check_pool,
+    everywhere,
+    kv_room,
     lightest,
 )
 
@@ -65,6 +80,7 @@ class _Round:
     sets: Sets
     notes: dict[Prompt, list[str]]
     mean: float
+    peak: dict[Prompt, float]          # highest smoothed demand over the last ``cooldown`` rounds
 
     def project(self, sets: Sets | None = None) -> tuple[dict[InstanceId, float], Shares]:
         return project(self.sets if sets is None else sets, self.demand, self.pool)
@@ -83,8 +99,9 @@ class PromptAware(Policy):
 
     def __init__(self, *, smoothing: float = 0.5, resize_margin: float = 0.75,
                  cooldown: int = 15, imbalance: float = 0.25, min_gain: float = 0.05,
-                 max_moves: int = 4, min_spills: int = 3, warm_slack: float = 0.15,
-                 spill_floor: float = 16.0, spill_ratio: float = 2.0) -> None:
+                 max_moves: int = 4, min_spills: int = 10, warm_slack: float = 0.15,
+                 spill_floor: float = 16.0, spill_ratio: float = 2.0,
+                 shrink_slack: float = 0.5, ample_kv: float = 4.0) -> None:
         super().__init__()
         if not 0 < smoothing <= 1:
             raise ValueError(f"smoothing must be in (0, 1], got {smoothing}")
@@ -96,6 +113,8 @@ class PromptAware(Policy):
             raise ValueError("imbalance and warm_slack must be >= 0, min_gain > 0")
         if spill_floor < 0 or spill_ratio < 1:
             raise ValueError("spill_floor must be >= 0 and spill_ratio >= 1")
+        if not 0 <= shrink_slack <= 1:
+            raise ValueError(f"shrink_slack must be in [0, 1], got {shrink_slack}")
         self.smoothing = smoothing
         self.resize_margin = resize_margin
         self.cooldown = cooldown
@@ -106,14 +125,20 @@ class PromptAware(Policy):
         self.warm_slack = warm_slack
         self.spill_floor = spill_floor
         self.spill_ratio = spill_ratio
+        if ample_kv < 0:
+            raise ValueError(f"ample_kv must be >= 0 (0: never), got {ample_kv}")
+        self.ample_kv = ample_kv
+        self._ample = False   # the last round found the KV cache ample (see ``place``)
+        self.shrink_slack = shrink_slack
         # Broker-side memory across rounds: smoothed demand, the round each prompt last grew.
         self._demand: dict[Prompt, float] = {}
+        self._recent: dict[Prompt, deque[float]] = {}
         self._grew: dict[Prompt, int] = {}
 
     def params(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in (
             "smoothing", "resize_margin", "cooldown", "imbalance", "min_gain", "max_moves",
-            "min_spills", "warm_slack", "spill_floor", "spill_ratio")}
+            "min_spills", "warm_slack", "spill_floor", "spill_ratio", "shrink_slack", "ample_kv")}
 
     # -- per request (senders) -------------------------------------------------------
 
@@ -140,6 +165,13 @@ class PromptAware(Policy):
 
     def place(self, inp: RoundInput) -> Placement:
         pool = check_pool(inp.instances)
+        room = kv_room(inp)
+        # Entered at ample_kv, left under half of it: no flapping on a KV figure's noise.
+        self._ample = bool(self.ample_kv) and room >= self.ample_kv * (0.5 if self._ample else 1.0)
+        if self._ample:
+            self._smooth(inp.demand(), inp.all_prompts())   # keep the demand memory current
+            return everywhere(inp, self, f"every prefix fits {room:.0f}x over in the free KV cache "
+                                         "of every instance: on every instance, balanced by load")
         n = len(pool)
         rank = {i: k for k, i in enumerate(pool)}
         prompts = inp.all_prompts()
@@ -149,7 +181,8 @@ class PromptAware(Policy):
         prev = dict(inp.previous.prompts) if inp.previous is not None else {}
         r = _Round(pool=pool, rank=rank, demand=demand, warm=_warm_sets(inp, prompts, rank),
                    sets={p: [i for i in prev.get(p, ()) if i in rank] for p in prompts},
-                   notes={p: [] for p in prompts}, mean=total / n)
+                   notes={p: [] for p in prompts}, mean=total / n,
+                   peak={p: max(self._recent[p]) for p in prompts})
         for p in prompts:
             gone = [i for i in prev.get(p, ()) if i not in rank]
             if gone:
@@ -176,6 +209,8 @@ class PromptAware(Policy):
                 want = have
             elif want < have and rnd - self._grew.get(p, -self.cooldown) < self.cooldown:
                 want = have  # it grew moments ago (spills, a burst): let that settle
+            elif want < have and total > 0 and n * r.peak[p] / total > have - self.resize_margin:
+                want = have  # its demand was high enough for `have` within the last cooldown rounds
             target[p] = want
             if want != have or not prev.get(p):
                 published = sum(i in rank for i in prev.get(p, ()))
@@ -215,29 +250,44 @@ class PromptAware(Policy):
             new = fresh.get(p, 0.0)
             old = self._demand.get(p)
             out[p] = new if old is None else a * new + (1 - a) * old
+            self._recent.setdefault(p, deque(maxlen=max(1, self.cooldown))).append(out[p])
         self._demand = out
         return dict(out)
 
     def _shrink(self, r: _Round, target: Mapping[Prompt, int]) -> dict[InstanceId, Prompt]:
-        """Drop the most loaded instances of prompts over their count. A removal that
-        would lift the peak over the rebalancing trigger is skipped (the rebalancer would
-        add it back); an instance left with nothing is only lent out."""
+        """Drop the most loaded instance of each prompt over its count: one a round, so
+        a prompt sheds load gradually and the projection is checked again each round. A
+        removal is skipped when it would lift the peak over the rebalancing trigger (the
+        rebalancer would add it back), or when it would leave the prompt's other
+        instances more than ``shrink_slack`` of that margin over the mean (1.125x with the
+        defaults): a removal to the edge of the trigger is undone by the next round's
+        noise (measured on bench_policies: shrunk, then re-added 1-15 rounds later, five
+        times a run). An instance left with nothing is only lent out."""
         freed: dict[InstanceId, Prompt] = {}
         limit = (1 + self.imbalance) * r.mean
+        headroom = (1 + self.shrink_slack * self.imbalance) * r.mean
         for p in sorted(r.sets):
-            while len(r.sets[p]) > target[p]:
-                loads, _ = r.project()
-                inst = max(r.sets[p], key=lambda i: (loads[i], r.rank[i]))
-                trial = dict(r.sets)
-                trial[p] = [i for i in r.sets[p] if i != inst]
-                after, _ = r.project(trial)
-                if max(after.values()) > max(limit, max(loads.values())):
-                    r.notes[p].append(f"kept {inst}: without it the rest would be overloaded")
-                    break
-                r.sets[p].remove(inst)
-                if not r.hosted(inst):
-                    freed[inst] = p
-                r.notes[p].append(f"removed {inst} (most loaded of its instances)")
+            if len(r.sets[p]) <= target[p]:
+                continue
+            loads, _ = r.project()
+            inst = max(r.sets[p], key=lambda i: (loads[i], r.rank[i]))
+            trial = dict(r.sets)
+            trial[p] = [i for i in r.sets[p] if i != inst]
+            after, _ = r.project(trial)
+            if max(after.values()) > max(limit, max(loads.values())):
+                r.notes[p].append(f"kept {inst}: without it the rest would be overloaded")
+                continue
+            # The rest must carry the prompt's recent peak, not only today's smoothed demand.
+            high, _ = project(trial, {**r.demand, p: max(r.demand[p], r.peak[p])}, r.pool)
+            rest = max(high[i] for i in trial[p])
+            if rest > headroom:
+                r.notes[p].append(f"kept {inst}: without it its other instances would be at "
+                                  f"{rest / r.mean:.2f}x the mean (over {headroom / r.mean:.3g}x)")
+                continue
+            r.sets[p].remove(inst)
+            if not r.hosted(inst):
+                freed[inst] = p
+            r.notes[p].append(f"removed {inst} (most loaded of its instances)")
         return freed
 
     def _grow(self, r: _Round, p: Prompt, want: int) -> None:

@@ -93,7 +93,10 @@ def check_results(results: list[tuple[str, Any]]) -> None:
 
 
 def test_placement_follows_a_shift_of_demand():
+    # ample_kv = 0: placements sized by demand even though the sim's KV cache (410,000
+    # tokens) would hold every prefix everywhere (then every prompt goes everywhere).
     topo = ps.topology(W, policy="prompt-aware", replicas=4, engine_args={"time_scale": 0.5},
+                       policy_args={"ample_kv": 0},
                        broker={"heartbeat_interval": 0.2, "heartbeat_liveness": 25})
     with running(topo) as sup, Client(sup.addresses["gateway"], timeout=60) as client:
         with Load(client, rate=25, limit=2000) as load:
@@ -127,7 +130,7 @@ def test_rebalancing_drops_or_duplicates_no_request():
     # A jumpy prompt-aware policy (no smoothing, no hysteresis, no cooldown) and demand
     # that flips every 1.5 s: placements change every few rounds while requests are in flight.
     jumpy = {"smoothing": 1.0, "resize_margin": 0.5, "cooldown": 0, "imbalance": 0.05,
-             "min_gain": 0.01, "min_spills": 1}
+             "min_gain": 0.01, "min_spills": 1, "ample_kv": 0}
     topo = ps.topology(W, policy="prompt-aware", replicas=3, policy_args=jumpy,
                        engine_args={"time_scale": 0.5}, broker={"heartbeat_interval": 0.2, "heartbeat_liveness": 25})
     seen: set[tuple[int, str]] = set()
@@ -168,6 +171,12 @@ def test_every_policy_serves_the_pipeline(policy):
         check_results([(rid, fut.result(timeout=40)) for rid, fut in futures])
         pool = wait_for(sup, "the placement did not cover both prompts",
                         lambda p: {"a", "b"} <= set(p["placement"]) and len(p["member_loads"]) == 2, 10)
+        if policy == "prompt-aware":
+            # The members report their KV (410,000 tokens, prefixes of ~1,000): ample, so
+            # every prompt goes on every member, and the decision says why.
+            pool = wait_for(sup, "prompt-aware did not place every prompt everywhere with ample KV",
+                            lambda p: all(len(ms) == 2 for ms in p["placement"].values()) and p["kv"], 10)
+            assert any("free KV" in d["reason"] for d in pool["decisions"]), pool["decisions"]
     members = set(pool["member_loads"])
     assert pool["policy"] == policy
     for prompt, ms in pool["placement"].items():
