@@ -743,9 +743,14 @@ class Worker:
             if pending:
                 await asyncio.wait(pending, timeout=1.0)
         finally:
+            # Cancelled senders must run to their end before their sockets close, or a
+            # sender is left pending on a dead future and destroyed with the loop.
+            senders = [o.sender for o in self._outs.values() if o.sender is not None]
+            for task in senders:
+                task.cancel()
+            if senders:
+                await asyncio.wait(senders, timeout=1.0)
             for out in self._outs.values():
-                if out.sender is not None:
-                    out.sender.cancel()
                 out.asock.close(linger=500)
             self._outs.clear()
             if inbox is not None:
