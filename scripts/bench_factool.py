@@ -79,6 +79,7 @@ sys.path.insert(0, str(ROOT))
 
 from alto_bus import Client, RequestError  # noqa: E402
 from alto_bus.launch import LaunchError, StatusProbe, Supervisor  # noqa: E402
+from procstat import machine_cpu, proc_cpu  # noqa: E402  (scripts/procstat.py)
 from tests.support import to_toml  # noqa: E402
 from workers.factool.reference import Reference  # noqa: E402
 from workers.factool.workload import DEFAULT_PATH, Workload  # noqa: E402
@@ -92,7 +93,6 @@ TOPOLOGIES = {
 }
 MODES = ("stream", "baseline")                   # the two the report compares; "item" is optional
 LM_STAGES = ("answer", "claims", "queries", "verify")
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 QUICK = dict(rates="2,6,10", requests=90, min_requests=20, duration=10.0, time_scale=1.0,
              max_send_s=20.0, model_seeds=1)
@@ -134,25 +134,6 @@ def variant(base: dict[str, Any], *, stream: bool | None, time_scale: float, eng
 # ---------------------------------------------------------------------------- sampling
 
 
-def _proc_cpu(pid: int) -> float:
-    """utime + stime of one process, seconds (0 when it is gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLK_TCK
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return 0.0
-
-
-def _machine_cpu() -> tuple[int, int]:
-    """(busy, total) jiffies over all CPUs from /proc/stat."""
-    with open("/proc/stat") as f:
-        vals = [int(x) for x in f.readline().split()[1:]]
-    idle = vals[3] + vals[4]                     # idle + iowait
-    total = sum(vals[:8])                        # guest time is already counted in user
-    return total - idle, total
-
-
 class Sampler(threading.Thread):
     """Every ``period`` s (wall): machine CPU use and each stage's reported depth."""
 
@@ -168,10 +149,10 @@ class Sampler(threading.Thread):
         self.placement: dict[str, list[str]] = {}                # the pools' last placement
 
     def run(self) -> None:
-        busy0, tot0 = _machine_cpu()
+        busy0, tot0 = machine_cpu()
         with StatusProbe(self.control) as probe:
             while not self.stop_flag.wait(self.period):
-                busy1, tot1 = _machine_cpu()
+                busy1, tot1 = machine_cpu()
                 if tot1 > tot0:
                     self.cpu.append((busy1 - busy0) / (tot1 - tot0))
                 busy0, tot0 = busy1, tot1
@@ -526,7 +507,7 @@ def run_point(topo_path: Path, stages: list[str], mode: str, rate: float, args: 
                 except Exception as exc:  # noqa: BLE001
                     raise RuntimeError(f"warm-up request failed: {exc}") from exc
             pt.warm_s = time.monotonic() - t_launch - pt.launch_s
-            cpu0 = {pid: _proc_cpu(pid) for pid in roles}
+            cpu0 = {pid: proc_cpu(pid) for pid in roles}
             self0 = os.times()
             sampler = Sampler(sup.addresses["control"], stages)
             sampler.start()
@@ -571,7 +552,7 @@ def run_point(topo_path: Path, stages: list[str], mode: str, rate: float, args: 
             t_end = time.monotonic()
             sampler.stop()
             self1 = os.times()
-            cpu1 = {pid: _proc_cpu(pid) for pid in roles}
+            cpu1 = {pid: proc_cpu(pid) for pid in roles}
             with lock:                           # late callbacks must not change what is read
                 results, finish = list(outcome), list(done_at)
     finally:

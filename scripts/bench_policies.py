@@ -66,13 +66,13 @@ sys.path.insert(0, str(ROOT))
 
 from alto_bus import Client  # noqa: E402
 from alto_bus.launch import StatusProbe, Supervisor  # noqa: E402
+from procstat import machine_cpu, proc_cpu  # noqa: E402  (scripts/procstat.py)
 from alto_bus.scheduling import make_policy  # noqa: E402
 from tests.integration import pool_script as ps  # noqa: E402
 from tests.support import write_topology  # noqa: E402
 from workers.lm.sim_model import SimParams, tokenize  # noqa: E402
 
 POLICIES = ("round-robin", "least-loaded", "affinity", "prompt-aware")
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 WORKLOAD = "bench"
 
 
@@ -109,23 +109,6 @@ def prompt_tokens() -> dict[str, float]:
 # ----------------------------------------------------------------------------- sampling
 
 
-def _proc_cpu(pid: int) -> float:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLK_TCK
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return 0.0
-
-
-def _machine_cpu() -> tuple[float, float]:
-    with open("/proc/stat") as f:
-        vals = [int(x) for x in f.readline().split()[1:]]
-    idle = vals[3] + vals[4]
-    total = sum(vals[:8])
-    return total - idle, total
-
-
 class Sampler(threading.Thread):
     """Every ``period`` s of wall time: the pool's status (placement, member loads, hit
     rates, demand, decisions), LM calls per member and prompt, and machine CPU use."""
@@ -140,10 +123,10 @@ class Sampler(threading.Thread):
         self.lock = threading.Lock()
 
     def run(self) -> None:
-        busy0, tot0 = _machine_cpu()
+        busy0, tot0 = machine_cpu()
         with StatusProbe(self.control) as probe:
             while not self.stop_flag.wait(self.period):
-                busy1, tot1 = _machine_cpu()
+                busy1, tot1 = machine_cpu()
                 cpu = (busy1 - busy0) / (tot1 - tot0) if tot1 > tot0 else 0.0
                 busy0, tot0 = busy1, tot1
                 st = probe.query(timeout=2.0)
@@ -284,7 +267,7 @@ def run_policy(spec: str, trace: list[tuple[float, str]], args: argparse.Namespa
         drain_wall = args.drain * scale
         client_timeout = (trace[-1][0] if trace else 0.0) * scale + drain_wall + 60.0
         with Client(sup.addresses["gateway"], timeout=client_timeout) as client:
-            cpu0 = sum(_proc_cpu(p) for p in pids)
+            cpu0 = sum(proc_cpu(p) for p in pids)
             self0 = os.times()
             sampler.start()
 
@@ -315,7 +298,7 @@ def run_policy(spec: str, trace: list[tuple[float, str]], args: argparse.Namespa
             t_end = time.monotonic()
             sampler.stop()
             self1 = os.times()
-            cpu1 = sum(_proc_cpu(p) for p in pids)
+            cpu1 = sum(proc_cpu(p) for p in pids)
         with lock:
             results = list(outcome)
             done = list(done_at)
