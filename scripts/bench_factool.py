@@ -79,7 +79,7 @@ sys.path.insert(0, str(ROOT))
 
 from alto_bus import Client, RequestError  # noqa: E402
 from alto_bus.launch import LaunchError, StatusProbe, Supervisor  # noqa: E402
-from procstat import machine_cpu, proc_cpu  # noqa: E402  (scripts/procstat.py)
+from benchkit import machine_cpu, percentile, proc_cpu  # noqa: E402  (scripts/benchkit.py)
 from tests.support import to_toml  # noqa: E402
 from workers.factool.reference import Reference  # noqa: E402
 from workers.factool.workload import DEFAULT_PATH, Workload  # noqa: E402
@@ -432,16 +432,6 @@ class Point:
     stage_time: dict[str, float] = dataclasses.field(default_factory=dict)    # s per LM call (Little)
     latencies: dict[str, float] = dataclasses.field(default_factory=dict)     # question id -> s
     error_samples: list[str] = dataclasses.field(default_factory=list)
-
-
-def percentile(xs: list[float], q: float) -> float:
-    """Linear-interpolated percentile (numpy's default method)."""
-    if not xs:
-        return math.nan
-    s = sorted(xs)
-    k = (len(s) - 1) * q / 100.0
-    lo, hi = math.floor(k), math.ceil(k)
-    return s[lo] + (s[hi] - s[lo]) * (k - lo)
 
 
 def achieved_rate(done: list[float]) -> float:

@@ -66,7 +66,7 @@ sys.path.insert(0, str(ROOT))
 
 from alto_bus import Client  # noqa: E402
 from alto_bus.launch import StatusProbe, Supervisor  # noqa: E402
-from procstat import machine_cpu, proc_cpu  # noqa: E402  (scripts/procstat.py)
+from benchkit import machine_cpu, percentile, proc_cpu  # noqa: E402  (scripts/benchkit.py)
 from alto_bus.scheduling import make_policy  # noqa: E402
 from tests.integration import pool_script as ps  # noqa: E402
 from tests.support import write_topology  # noqa: E402
@@ -197,18 +197,6 @@ class Run:
     samples: list[dict] = field(default_factory=list)
     decisions: list[dict] = field(default_factory=list)
     latencies: list[list] = field(default_factory=list)   # [arrival emulated s, latency or None, phase]
-
-
-def percentile(xs: list[float], q: float) -> float:
-    """Linear-interpolated percentile (numpy's default); inf entries sort last."""
-    if not xs:
-        return math.nan
-    s = sorted(xs)
-    k = (len(s) - 1) * q / 100.0
-    lo, hi = math.floor(k), math.ceil(k)
-    if math.isinf(s[hi]):
-        return math.inf if k > lo or math.isinf(s[lo]) else s[lo]
-    return s[lo] + (s[hi] - s[lo]) * (k - lo)
 
 
 def wait_ready(probe: StatusProbe, members: int, deadline: float) -> dict:

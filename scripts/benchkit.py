@@ -1,7 +1,8 @@
-"""CPU use read from /proc, for the benchmark scripts (Linux only)."""
+"""What the benchmark scripts share: CPU use read from /proc (Linux), percentiles."""
 
 from __future__ import annotations
 
+import math
 import os
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -24,3 +25,15 @@ def machine_cpu() -> tuple[int, int]:
     idle = vals[3] + vals[4]          # idle + iowait
     total = sum(vals[:8])
     return total - idle, total
+
+
+def percentile(xs: list[float], q: float) -> float:
+    """Linear-interpolated percentile (numpy's default); inf entries sort last."""
+    if not xs:
+        return math.nan
+    s = sorted(xs)
+    k = (len(s) - 1) * q / 100.0
+    lo, hi = math.floor(k), math.ceil(k)
+    if math.isinf(s[hi]):
+        return math.inf if k > lo or math.isinf(s[lo]) else s[lo]
+    return s[lo] + (s[hi] - s[lo]) * (k - lo)
