@@ -51,6 +51,10 @@ class EntryLink:
         self.older: dict[int, None] = {}
 
 
+# Frames parked on an entry link before the gateway refuses new requests for it.
+ENTRY_BACKLOG_FRAMES = 64
+
+
 class Broker:
     def __init__(self, topology: Topology, *, ctx: zmq.Context | None = None) -> None:
         self.topology = topology
@@ -511,7 +515,9 @@ class Broker:
             self.gateway.stats.rejected += 1
             return
         entry_ids = self.members.routable(self.topology.entry.name)
-        writable = [i for i in entry_ids if not self.entries[i].backlog]
+        # A few parked frames are a link still connecting or a moment's backpressure (it is
+        # flushed every loop); only a long backlog means the instance is not taking input.
+        writable = [i for i in entry_ids if len(self.entries[i].backlog) < ENTRY_BACKLOG_FRAMES]
         if not writable:
             why = (f"overloaded: stage {self.topology.entry.name!r} is not taking input"
                    if entry_ids else f"unavailable: stage {self.topology.entry.name!r} has no live instance")
