@@ -24,8 +24,8 @@ from typing import Any
 import msgpack
 import zmq
 
-from alto_bus import wire
-from alto_bus.sockets import make_socket
+from alto_bus.protocol import wire
+from alto_bus.net.sockets import make_socket
 
 log = logging.getLogger("alto.client")
 
@@ -89,7 +89,7 @@ class Client:
         """``timeout``: default deadline of each request, in seconds (enforced by the gateway).
 
         ``curve``: this client's keys when the gateway requires CURVE
-        (``alto_bus.keys.client_curve("me.key_secret", "broker.key")``).
+        (``alto_bus.net.curve.client_curve("me.key_secret", "broker.key")``).
         """
         self.gateway = gateway
         self.curve = curve

@@ -39,8 +39,9 @@ sys.path.insert(0, str(ROOT))
 
 import zmq  # noqa: E402
 
-from alto_bus import keys, wire  # noqa: E402
-from alto_bus.sockets import bound_address, make_socket  # noqa: E402
+from alto_bus.net import curve as keys  # noqa: E402
+from alto_bus.protocol import wire  # noqa: E402
+from alto_bus.net.sockets import bound_address, make_socket  # noqa: E402
 
 SMALL = "x" * 8
 TOKENS16 = list(range(1000, 1016))
@@ -60,7 +61,7 @@ def serve_worker(control: str, host: str, keydir: str | None) -> None:
     """The hop process (run in the worker's namespace)."""
     import asyncio
 
-    from alto_bus.runtime import Worker
+    from alto_bus.runtime.worker import Worker
 
     curve = keys.client_curve(f"{keydir}/worker.key", f"{keydir}/broker.key") if keydir else None
     w = Worker("hop", handler=identity, broker=control, inbox=f"tcp://{host}:0", curve=curve)

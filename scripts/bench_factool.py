@@ -23,7 +23,7 @@ and records each request's end-to-end latency. The modes:
 The topology is relaunched for every point, so no point finds another's prompts in the
 prefix caches; two warm-up requests (not measured, not in the measured set) fill the
 shared prompt prefixes first. Every result is compared with
-``workers.factool.reference`` (the mismatch count must be 0; the exit code is 1 if not).
+``alto_workers.factool.reference`` (the mismatch count must be 0; the exit code is 1 if not).
 
 Time: the sim's ``time_scale`` slows the emulated GPU clock uniformly (wall = emulated
 x time_scale). Rates are given and reported in emulated requests/s and latencies in
@@ -78,12 +78,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from alto_bus import Client, RequestError  # noqa: E402
-from alto_bus.launch import LaunchError, StatusProbe, Supervisor  # noqa: E402
+from alto_bus.deploy.supervisor import LaunchError, StatusProbe, Supervisor  # noqa: E402
 from benchkit import machine_cpu, percentile, proc_cpu  # noqa: E402  (scripts/benchkit.py)
 from tests.support import to_toml  # noqa: E402
-from workers.factool.reference import Reference  # noqa: E402
-from workers.factool.workload import DEFAULT_PATH, Workload  # noqa: E402
-from workers.lm.sim_model import SimCore, SimParams, SimSeq, tokenize  # noqa: E402
+from alto_workers.factool.reference import Reference  # noqa: E402
+from alto_workers.factool.workload import DEFAULT_PATH, Workload  # noqa: E402
+from alto_workers.lm.sim_model import SimCore, SimParams, SimSeq, tokenize  # noqa: E402
 
 # mode -> (topology file, stream = ... forced on every LM stage, or None to keep the file's)
 TOPOLOGIES = {
@@ -209,13 +209,13 @@ class PipelineModel:
 
     def __init__(self, wl: Workload, ref: Reference, topo: dict[str, Any], hop_s: float = 0.001,
                  baseline: dict[str, Any] | None = None) -> None:
-        from workers.factool import prompts
-        from workers.factool.handlers import build_verify_input
-        from workers.lm.engine import SamplingParams
-        from workers.lm.sim import plan_output
-        from workers.lm.sim_model import BOS_ID, block_hashes
-        from workers.lm.splitters import make_splitter
-        from workers.lm.worker import Template
+        from alto_workers.factool import prompts
+        from alto_workers.factool.handlers import build_verify_input
+        from alto_workers.lm.engine import SamplingParams
+        from alto_workers.lm.sim import plan_output
+        from alto_workers.lm.sim_model import BOS_ID, block_hashes
+        from alto_workers.lm.splitters import make_splitter
+        from alto_workers.lm.worker import Template
 
         self.hop = hop_s
         lm = {st["name"]: st for st in topo["stage"] if st["kind"] == "lm"}
@@ -781,7 +781,7 @@ def report(points: dict[str, list[Point]], model: dict[str, list[dict]], zero: d
     n_mis = sum(p.mismatches for m in points for p in points[m])
     n_bad = sum(p.errors + p.timeouts for m in points for p in points[m])
     n_ok = sum(p.done for m in points for p in points[m])
-    lines += ["", f"Every result checked against workers.factool.reference: {n_ok} results, "
+    lines += ["", f"Every result checked against alto_workers.factool.reference: {n_ok} results, "
                   f"**{n_mis} mismatches**, {n_bad} errors or timeouts.\n"]
     summary.update(mismatches=n_mis, errors=n_bad, checked=n_ok)
 
@@ -876,7 +876,7 @@ def plot(points: dict[str, list[Point]], model: dict[str, list[dict]], args: arg
 
 def describe_setup(topos: dict[str, dict[str, Any]], wl: Workload, model: PipelineModel,
                    args: argparse.Namespace) -> dict[str, str]:
-    from workers.factool import prompts
+    from alto_workers.factool import prompts
 
     out: dict[str, str] = {}
     for m, topo in topos.items():

@@ -1,4 +1,4 @@
-"""Key assignment of keyed stages (alto_bus.hashring): movement, balance, cost.
+"""Key assignment of keyed stages (alto_bus.routing.keytable): movement, balance, cost.
 
     python scripts/bench_hashing.py [--keys 100000] [--seed 1] [--max-n 16]
 
@@ -25,7 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from alto_bus.hashring import (  # noqa: E402
+from alto_bus.routing.keytable import (  # noqa: E402
     DEFAULT_BALANCE,
     DEFAULT_EPS,
     DEFAULT_SLOTS,

@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import msgpack  # noqa: E402
 import zmq  # noqa: E402
 
-from alto_bus import wire  # noqa: E402
+from alto_bus.protocol import wire  # noqa: E402
 
 SMALL = "x" * 8
 TOKENS16 = list(range(1000, 1016))
@@ -64,7 +64,7 @@ def raw_relay(inbox: str, outbox: str, ready) -> None:
 def alto_worker(control: str, ready) -> None:
     import asyncio
 
-    from alto_bus.runtime import Worker
+    from alto_bus.runtime.worker import Worker
 
     w = Worker("hop", handler=identity, broker=control, inbox="tcp://127.0.0.1:0")
     ready.set()

@@ -83,8 +83,8 @@ def worker_overhead(n: int, tokens: int) -> dict:
     worker_cpu = cpu1 - cpu0
 
     # The engine alone, same generations, in this process.
-    from workers.lm.engine import SamplingParams
-    from workers.lm.sim import SimEngine
+    from alto_workers.lm.engine import SamplingParams
+    from alto_workers.lm.sim import SimEngine
 
     async def engine_only() -> int:
         eng = SimEngine({})
@@ -149,7 +149,7 @@ def vllm_timestamps(n_tokens: int = 96) -> list[tuple[float, float, int]]:
     """When the first and the last token batch reached the next stage, after submission."""
     import tempfile
 
-    from workers.lm.tiny_model import make_tiny_model
+    from alto_workers.lm.tiny_model import make_tiny_model
 
     with tempfile.TemporaryDirectory() as tmp:
         model = str(make_tiny_model(Path(tmp) / "model"))

@@ -65,12 +65,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from alto_bus import Client  # noqa: E402
-from alto_bus.launch import StatusProbe, Supervisor  # noqa: E402
+from alto_bus.deploy.supervisor import StatusProbe, Supervisor  # noqa: E402
 from benchkit import machine_cpu, percentile, proc_cpu  # noqa: E402  (scripts/benchkit.py)
 from alto_bus.scheduling import make_policy  # noqa: E402
 from tests.integration import pool_script as ps  # noqa: E402
 from tests.support import write_topology  # noqa: E402
-from workers.lm.sim_model import SimParams, tokenize  # noqa: E402
+from alto_workers.lm.sim_model import SimParams, tokenize  # noqa: E402
 
 POLICIES = ("round-robin", "least-loaded", "affinity", "prompt-aware")
 WORKLOAD = "bench"

@@ -9,7 +9,7 @@ prints the gateway address and `ready`; Ctrl-C or SIGTERM stops every host, leav
 nothing running. A host whose node dies is reported (with the command that rejoins it);
 the others serve on.
 
-Slurm: runs `srun --ntasks-per-node=1 --nodes=$SLURM_JOB_NUM_NODES python -m alto_bus.cli
+Slurm: runs `srun --ntasks-per-node=1 --nodes=$SLURM_JOB_NUM_NODES python -m alto_bus
 node FILE --slurm`, one node per Slurm node; each finds its share in the Slurm
 environment and the broker on the first node at ports derived from the job id.
 """
@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from alto_bus.node import add_cluster_arguments, launch_cluster_main  # noqa: E402
+from alto_bus.deploy.node import add_cluster_arguments, launch_cluster_main  # noqa: E402
 
 
 def run_slurm(args: argparse.Namespace) -> int:
@@ -36,7 +36,7 @@ def run_slurm(args: argparse.Namespace) -> int:
         return 2
     nodes = os.environ.get("SLURM_JOB_NUM_NODES") or os.environ.get("SLURM_NNODES") or "1"
     cmd = ["srun", f"--nodes={nodes}", "--ntasks-per-node=1", f"--ntasks={nodes}", "--kill-on-bad-exit=1",
-           sys.executable, "-m", "alto_bus.cli", "node", args.topology, "--slurm"]
+           sys.executable, "-m", "alto_bus", "node", args.topology, "--slurm"]
     if args.gpus is not None:
         cmd += ["--gpus", str(args.gpus)]
     if args.verbose:

@@ -24,8 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from alto_bus import Client, RequestError  # noqa: E402
-from alto_bus.launch import LaunchError, Supervisor  # noqa: E402
-from workers.factool.workload import Workload  # noqa: E402
+from alto_bus.deploy.supervisor import LaunchError, Supervisor  # noqa: E402
+from alto_workers.factool.workload import Workload  # noqa: E402
 
 
 class Progress:

@@ -49,7 +49,7 @@ from alto_bus.scheduling import (  # noqa: E402
     available_policies,
     make_policy,
 )
-from workers.lm.sim_model import SimCore, SimParams, SimSeq, StepResult  # noqa: E402
+from alto_workers.lm.sim_model import SimCore, SimParams, SimSeq, StepResult  # noqa: E402
 
 
 @dataclass(frozen=True)

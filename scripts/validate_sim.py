@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from workers.lm.sim_model import SimCore, SimParams, SimSeq  # noqa: E402
+from alto_workers.lm.sim_model import SimCore, SimParams, SimSeq  # noqa: E402
 
 SHAREGPT_IN, SHAREGPT_OUT = 202, 179   # mean ShareGPT lengths of the vLLM v0.6.0 runs
 

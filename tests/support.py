@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from alto_bus.launch import StatusProbe, Supervisor
+from alto_bus.deploy.supervisor import StatusProbe, Supervisor
 
 
 def toml_value(v: Any) -> str:

@@ -1,7 +1,7 @@
 """The aggregate stage's logic: group items by ancestry, reduce a group once it is whole. Pure.
 
 An :class:`Aggregator` with key depth ``d`` groups every item by ``path[:d]``. It keeps
-a group's items until the group's :class:`~alto_bus.ancestry.GroupTracker` says the
+a group's items until the group's :class:`~alto_bus.protocol.ancestry.GroupTracker` says the
 subtree is complete, then hands the items, ordered by path, to an :class:`Operator`
 and frees the group. The caller (the runtime) feeds it DATA (whole items), END and
 DROP, and sends what the calls return:
@@ -17,7 +17,7 @@ request deadline passes is freed by :meth:`Aggregator.expire` and reported, so t
 caller emits an ERROR; a partial group is never reduced.
 
 Operators (:func:`make_operator`): ``collect``, ``count``, ``sum``, ``all``, ``any``,
-``top_k``, ``filter`` (per item), ``barrier`` (no reduction: :mod:`workers.barrier`
+``top_k``, ``filter`` (per item), ``barrier`` (no reduction: :mod:`alto_workers.barrier`
 releases a complete group's items unchanged) and a user callable ``"module:function"``.
 """
 
@@ -29,7 +29,7 @@ import operator as _op
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from alto_bus.ancestry import AncestryError, GroupTracker, Path
+from alto_bus.protocol.ancestry import AncestryError, GroupTracker, Path
 
 Item = tuple[Path, Any]
 
@@ -180,7 +180,7 @@ class Filter(Operator):
 
 class Release(Operator):
     """``barrier``: no reduction; the stage releases a complete group's items as they are
-    (:mod:`workers.barrier` does the holding and the replay)."""
+    (:mod:`alto_workers.barrier` does the holding and the replay)."""
 
     name = "barrier"
     keeps_paths = True

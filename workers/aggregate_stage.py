@@ -1,4 +1,4 @@
-"""The ``aggregate`` stage kind: the runtime side of :class:`workers.aggregate.Aggregator`.
+"""The ``aggregate`` stage kind: the runtime side of :class:`alto_workers.aggregate.Aggregator`.
 
 The runtime routes every item of one group to this instance (keyed routing on
 ``path[:key_depth]`` in the request's epoch); this adapter feeds the aggregator the
@@ -11,11 +11,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from alto_bus.stage import StageLogic
-from alto_bus.topology import StageConfig
-from alto_bus.wire import join_chunks
-from workers.aggregate import DROPPED, AggregateError, Aggregator, make_operator
-from workers.barrier import BarrierStage
+from alto_bus.runtime.stage import StageLogic
+from alto_bus.deploy.topology import StageConfig, TopologyError
+from alto_bus.runtime.kinds import REQUIRED, StageKind
+from alto_bus.protocol.wire import join_chunks
+from alto_workers.aggregate import DROPPED, AggregateError, Aggregator, make_operator
+from alto_workers.barrier import BarrierStage
 
 
 class AggregateStage(StageLogic):
@@ -74,3 +75,34 @@ def build_stage(config: StageConfig) -> StageLogic:
         return BarrierStage(config.key_depth or 1)
     # A per-item operator (filter) has no key depth: it keeps paths as they are.
     return AggregateStage(config.key_depth or 1, fields["op"], fields.get("options"))
+
+
+FIELDS = {
+    "key": ((str,), None),           # "request", or the upstream stage whose items are groups
+    "op": ((str,), REQUIRED),        # collect, count, sum, all, any, top_k, filter, barrier, module:function
+    "options": ((dict,), None),      # the operator's options (k, score, field, where, ...)
+    "eps": ((int, float), 0.25),     # bounded load: skip instances over (1 + eps) x mean
+}
+
+
+def check(values: dict, input: str | None, label: str, check_handlers: bool) -> bool:
+    """The operator exists and takes its options; a keyed one has a key. Never fans out."""
+    if input is None:
+        raise TopologyError(f"{label}: field 'input': an aggregate stage needs an input stage")
+    if values["eps"] < 0:
+        raise TopologyError(f"{label}: field 'eps' must be >= 0, got {values['eps']}")
+    try:
+        op = make_operator(values["op"], values["options"] or {})
+    except ImportError as exc:
+        raise TopologyError(f"{label}: field 'op': {exc}") from None
+    except ValueError as exc:
+        field = "options" if values["options"] and "option" in str(exc) else "op"
+        raise TopologyError(f"{label}: field '{field}': {exc}") from None
+    values["per_item"] = bool(op.per_item)
+    values["keeps_paths"] = bool(getattr(op, "keeps_paths", False))
+    if values["key"] is None and not op.per_item:
+        raise TopologyError(f"{label}: missing required field 'key' ('request' or an upstream stage)")
+    return False
+
+
+KIND = StageKind("aggregate", FIELDS, build=build_stage, check=check, keyed=True)

@@ -18,10 +18,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from alto_bus.ancestry import AncestryError, GroupTracker, Path
-from alto_bus.stage import StageLogic
-from alto_bus.topology import StageConfig
-from alto_bus.wire import join_chunks
+from alto_bus.protocol.ancestry import AncestryError, GroupTracker, Path
+from alto_bus.runtime.stage import StageLogic
+from alto_bus.deploy.topology import StageConfig
+from alto_bus.protocol.wire import join_chunks
 
 # A held event: ("data", path, payload, epoch) | ("end", path, n, epoch) | ("drop", path, None, epoch)
 Event = tuple[str, list, Any, int]

@@ -6,8 +6,18 @@ them and returns the callable (for handlers that load something first).
 
 from __future__ import annotations
 
-from alto_bus.stage import FunctionStage
-from alto_bus.topology import StageConfig, import_object
+import inspect
+from typing import Any
+
+from alto_bus.deploy.topology import StageConfig, TopologyError, import_object
+from alto_bus.runtime.kinds import REQUIRED, StageKind
+from alto_bus.runtime.stage import FunctionStage
+
+FIELDS = {
+    "handler": ((str,), REQUIRED),
+    "options": ((dict,), None),      # when given, handler is a factory called with them
+    "fanout": ((bool,), None),       # default: a generator handler fans out
+}
 
 
 def build_stage(config: StageConfig) -> FunctionStage:
@@ -16,3 +26,23 @@ def build_stage(config: StageConfig) -> FunctionStage:
     if options is not None:
         fn = fn(**options)
     return FunctionStage(fn)
+
+
+def check(values: dict[str, Any], input: str | None, label: str, check_handlers: bool) -> bool:
+    """The handler can be imported and called; returns whether the stage fans out."""
+    spec = values["handler"]
+    if check_handlers:
+        try:
+            fn = import_object(spec)
+        except ImportError as exc:
+            raise TopologyError(f"{label}: field 'handler': {exc}") from None
+        if not callable(fn):
+            raise TopologyError(f"{label}: field 'handler': {spec!r} is not callable")
+        if values["fanout"] is None and values["options"] is None:
+            return inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn)
+    elif ":" not in spec:
+        raise TopologyError(f"{label}: field 'handler': {spec!r} is not 'module:function'")
+    return bool(values["fanout"])
+
+
+KIND = StageKind("function", FIELDS, build=build_stage, check=check)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import random
 
-from alto_bus import wire
-from alto_bus.ancestry import GroupTracker
-from alto_bus.hashring import KeyTable
-from alto_bus.routing import LoadView, pow2_choice
+from alto_bus.protocol import wire
+from alto_bus.protocol.ancestry import GroupTracker
+from alto_bus.routing.keytable import KeyTable
+from alto_bus.routing.choice import LoadView, pow2_choice
 
 TOKENS16 = list(range(1000, 1016))
 

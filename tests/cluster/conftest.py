@@ -77,7 +77,7 @@ class Launch:
     """``scripts/launch_cluster.py FILE`` run as a user runs it, output read line by line."""
 
     def __init__(self, path: Path, hosts: Hosts, *extra: str, alto_launch: bool = False) -> None:
-        entry = ["-m", "alto_bus.cli", "launch", str(path), "--hosts"] if alto_launch \
+        entry = ["-m", "alto_bus", "launch", str(path), "--hosts"] if alto_launch \
             else ["scripts/launch_cluster.py", str(path)]
         self.proc = subprocess.Popen([sys.executable, *entry, *hosts.ssh_args(), *extra], cwd=ROOT,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE,

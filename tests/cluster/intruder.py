@@ -14,9 +14,11 @@ import sys
 
 import zmq
 
-from alto_bus import Client, keys, wire
-from alto_bus.runtime import Worker
-from alto_bus.sockets import make_socket
+from alto_bus import Client
+from alto_bus.net import curve as keys
+from alto_bus.protocol import wire
+from alto_bus.runtime.worker import Worker
+from alto_bus.net.sockets import make_socket
 
 
 def main() -> None:

@@ -98,7 +98,7 @@ def test_alto_node_pointed_at_a_silent_broker_says_so_and_leaves_nothing(clean, 
         silent.listen()
         for address in (f"tcp://{hosts.login}:{silent.getsockname()[1]}", f"tcp://{h1.address}:5999"):
             t0 = time.monotonic()
-            out = hosts.exec(h2, [sys.executable, "-m", "alto_bus.cli", "node", str(path), "--host", h2.name,
+            out = hosts.exec(h2, [sys.executable, "-m", "alto_bus", "node", str(path), "--host", h2.name,
                                   "--broker", address, "--broker-wait", "3"], cwd=ROOT,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             stdout, stderr = out.communicate(timeout=30)
@@ -124,7 +124,7 @@ def test_alto_node_whose_key_the_broker_does_not_allow_says_so(clean, launches, 
     topo["host"][2]["key"] = "keys/stranger.key"
     path = write(other, topo)
     t0 = time.monotonic()
-    out = hosts.exec(h3, [sys.executable, "-m", "alto_bus.cli", "node", str(path), "--host", h3.name, "--hosts",
+    out = hosts.exec(h3, [sys.executable, "-m", "alto_bus", "node", str(path), "--host", h3.name, "--hosts",
                           f"{h1.name},{h2.name},{h3.name}", "--broker", run.value("control"),
                           "--broker-wait", "3"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                      text=True)

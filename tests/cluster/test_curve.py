@@ -8,16 +8,17 @@ import subprocess
 import sys
 import time
 
-from alto_bus import Client, keys
-from alto_bus.launch import StatusProbe
+from alto_bus import Client
+from alto_bus.net import curve as keys
+from alto_bus.deploy.supervisor import StatusProbe
 from tests.cluster.conftest import ROOT, H, host_tables, wait_for, write
 
 
 def make_keys(folder):
     for name in ("broker", "worker", "h2", "stranger"):
-        subprocess.run([sys.executable, "-m", "alto_bus.cli", "keys", name, "--dir", str(folder / "keys")],
+        subprocess.run([sys.executable, "-m", "alto_bus", "keys", name, "--dir", str(folder / "keys")],
                        check=True, capture_output=True, cwd=ROOT)
-    subprocess.run([sys.executable, "-m", "alto_bus.cli", "keys", "client", "--dir", str(folder / "keys/allowed")],
+    subprocess.run([sys.executable, "-m", "alto_bus", "keys", "client", "--dir", str(folder / "keys/allowed")],
                    check=True, capture_output=True, cwd=ROOT)
 
 

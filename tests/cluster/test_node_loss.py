@@ -8,7 +8,7 @@ import subprocess
 import time
 
 from alto_bus import Client, RequestError
-from alto_bus.launch import StatusProbe
+from alto_bus.deploy.supervisor import StatusProbe
 from tests.cluster.conftest import ROOT, H, gone, host_tables, wait_for, write
 from tests.cluster.netns import cmdline
 
@@ -85,7 +85,7 @@ def test_a_lost_host_fails_its_requests_naming_it_and_the_rest_serve_on_then_it_
 
         # The host comes back: `alto node` again, with the command the launcher printed.
         rejoin = run.lines[-1].removeprefix("rejoin it with: ").replace("alto ", "", 1)
-        back = hosts.ssh(h3, f"cd {ROOT} && exec {ROOT}/.venv/bin/python -m alto_bus.cli {rejoin} --watch-stdin "
+        back = hosts.ssh(h3, f"cd {ROOT} && exec {ROOT}/.venv/bin/python -m alto_bus {rejoin} --watch-stdin "
                              "--die-with-parent", stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         try:
             line = back.stdout.readline()

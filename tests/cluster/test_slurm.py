@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from alto_bus import Client
-from alto_bus.node import slurm_port_base
+from alto_bus.deploy.node import slurm_port_base
 from tests.cluster.conftest import ROOT, H, gone, host_tables, wait_for, write
 from tests.cluster.netns import Hosts, cmdline
 from tests.support import alive
@@ -87,7 +87,7 @@ def test_alto_node_under_the_environment_srun_sets(clean, tmp_path):
         for i in reversed(range(len(hosts.hosts))):
             env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM")}
             env.update(srun_env(hosts, i, job_id))
-            procs.append(hosts.exec(hosts.hosts[i], [sys.executable, "-m", "alto_bus.cli", "node", str(path),
+            procs.append(hosts.exec(hosts.hosts[i], [sys.executable, "-m", "alto_bus", "node", str(path),
                                                      "--slurm"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE, text=True))
         first = procs[-1]

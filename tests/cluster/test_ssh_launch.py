@@ -6,12 +6,12 @@ import signal
 import time
 
 from alto_bus import Client
-from alto_bus.launch import StatusProbe
+from alto_bus.deploy.supervisor import StatusProbe
 from tests.cluster.conftest import H, gone, host_tables, wait_for, write
 from tests.cluster.netns import cmdline
 from tests.integration.test_factool import variant
-from workers.factool.reference import Reference
-from workers.factool.workload import Workload
+from alto_workers.factool.reference import Reference
+from alto_workers.factool.workload import Workload
 
 
 def topology(hosts) -> dict:

@@ -17,7 +17,7 @@ import pytest
 from alto_bus import Client, RequestError, Worker
 from tests.integration import agg_handlers as ah
 from tests.support import wait_for, running, status
-from workers.aggregate_stage import AggregateStage
+from alto_workers.aggregate_stage import AggregateStage
 
 A = "tests.integration.agg_handlers"
 VERDICT = f"{A}:verdict"

@@ -9,9 +9,9 @@ import contextlib
 
 import zmq
 
-from alto_bus import wire
-from alto_bus.broker import Broker
-from alto_bus.topology import parse
+from alto_bus.protocol import wire
+from alto_bus.control.broker import Broker
+from alto_bus.deploy.topology import parse
 
 H = "tests.integration.handlers"
 

@@ -11,8 +11,8 @@ import pytest
 
 from alto_bus import Client, RequestError
 from tests.support import running
-from workers.factool.reference import Reference
-from workers.factool.workload import Workload
+from alto_workers.factool.reference import Reference
+from alto_workers.factool.workload import Workload
 
 ROOT = Path(__file__).resolve().parents[2]
 N = 40

@@ -36,7 +36,7 @@ def children_of(pid: int) -> list[int]:
 
 class Launched:
     def __init__(self, path: Path) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "alto_bus.cli", "launch", str(path)], cwd=ROOT,
+        self.proc = subprocess.Popen([sys.executable, "-m", "alto_bus", "launch", str(path)], cwd=ROOT,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         self.lines: list[str] = []
         self._buf = b""
@@ -113,7 +113,7 @@ def test_a_bad_topology_is_refused_before_anything_starts(tmp_path, change, word
     topo = topology()
     topo["stage"][1].update(change)
     path = write_topology(tmp_path, topo)
-    out = subprocess.run([sys.executable, "-m", "alto_bus.cli", "launch", str(path)], cwd=ROOT,
+    out = subprocess.run([sys.executable, "-m", "alto_bus", "launch", str(path)], cwd=ROOT,
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2
     assert str(path) in out.stderr

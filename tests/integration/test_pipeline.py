@@ -85,7 +85,7 @@ def test_asyncio_client(pipeline):
 
 
 def test_alto_submit_prints_the_result(pipeline):
-    out = subprocess.run([sys.executable, "-m", "alto_bus.cli", "submit", "--gateway",
+    out = subprocess.run([sys.executable, "-m", "alto_bus", "submit", "--gateway",
                           pipeline.addresses["gateway"], "--compact", json.dumps("hi there")],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr

@@ -22,7 +22,7 @@ import pytest
 
 from alto_bus import Client
 from alto_bus.scheduling import available_policies
-from alto_bus.topology import TopologyError, load
+from alto_bus.deploy.topology import TopologyError, load
 from tests.integration import pool_script as ps
 from tests.support import running, status, write_topology
 

@@ -27,9 +27,9 @@ from typing import Any
 
 import pytest
 
-from workers.lm.engine import EngineOutput, SamplingParams
-from workers.lm.tiny_model import make_tiny_model
-from workers.lm.vllm_engine import VllmEngine
+from alto_workers.lm.engine import EngineOutput, SamplingParams
+from alto_workers.lm.tiny_model import make_tiny_model
+from alto_workers.lm.vllm_engine import VllmEngine
 
 pytestmark = [
     pytest.mark.vllm,
@@ -249,7 +249,7 @@ def test_unknown_engine_argument_is_named(model_dir: Path, runner: LoopThread):
 
 
 def test_module_imports_without_vllm():
-    code = "import sys; sys.modules['vllm'] = None; import workers.lm.vllm_engine"
+    code = "import sys; sys.modules['vllm'] = None; import alto_workers.lm.vllm_engine"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
@@ -257,8 +257,8 @@ def test_module_imports_without_vllm():
 
 _SCRIPT = textwrap.dedent("""
     import asyncio, sys, psutil
-    from workers.lm.engine import SamplingParams
-    from workers.lm.vllm_engine import VllmEngine
+    from alto_workers.lm.engine import SamplingParams
+    from alto_workers.lm.vllm_engine import VllmEngine
 
     async def main(model):
         eng = VllmEngine(model, {ENGINE_ARGS!r})

@@ -26,7 +26,7 @@ N_TOKENS = 48
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
-    from workers.lm.tiny_model import make_tiny_model
+    from alto_workers.lm.tiny_model import make_tiny_model
 
     return str(make_tiny_model(tmp_path_factory.mktemp("tiny") / "model"))
 

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from workers.aggregate import DROPPED, AggregateError, Aggregator, Operator, make_operator
+from alto_workers.aggregate import DROPPED, AggregateError, Aggregator, Operator, make_operator
 
 SETTINGS = settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

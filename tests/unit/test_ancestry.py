@@ -6,7 +6,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from alto_bus.ancestry import AncestryError, GroupTracker
+from alto_bus.protocol.ancestry import AncestryError, GroupTracker
 
 Event = tuple  # ("leaf", path) | ("drop", path) | ("end", path, n)
 

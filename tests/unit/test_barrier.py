@@ -7,9 +7,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from alto_bus.topology import TopologyError, parse
+from alto_bus.deploy.topology import TopologyError, parse
 from tests.unit.test_aggregate import workloads
-from workers.barrier import Barrier, BarrierError
+from alto_workers.barrier import Barrier, BarrierError
 
 SETTINGS = settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

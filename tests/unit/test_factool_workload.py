@@ -10,10 +10,10 @@ from collections import Counter
 
 import pytest
 
-from workers.factool import handlers, prompts
-from workers.factool.reference import Reference, split_lines, split_sentences
-from workers.factool.workload import DEFAULT_PATH, PROMPT_NAMES, Workload, generate
-from workers.retrieve import BM25Index
+from alto_workers.factool import handlers, prompts
+from alto_workers.factool.reference import Reference, split_lines, split_sentences
+from alto_workers.factool.workload import DEFAULT_PATH, PROMPT_NAMES, Workload, generate
+from alto_workers.retrieve import BM25Index
 
 
 @pytest.fixture(scope="module")
@@ -238,22 +238,22 @@ def test_verdict_counts_missing_verdicts_as_factual_and_keeps_path_order():
 def test_glue_runs_as_aggregate_callables():
     # The aggregate stage calls f(payloads) or f(payloads, group_path) by arity: the glue
     # must take the one-argument form.
-    aggregate = pytest.importorskip("workers.aggregate")
+    aggregate = pytest.importorskip("alto_workers.aggregate")
     agg = aggregate.Aggregator(3, aggregate.make_operator(
-        "workers.factool.handlers:build_verify_input"))
+        "alto_workers.factool.handlers:build_verify_input"))
     out = agg.data((5, 0, 1, 1), {"claim": "C.", "query": "b", "passages": [_p("x", 1.0)]})
     out += agg.data((5, 0, 1, 0), {"claim": "C.", "query": "a", "passages": [_p("y", 2.0)]})
     out += agg.end((5, 0, 1), 2)
     assert out == [((5, 0, 1), handlers.build_verify_input(
         [{"claim": "C.", "passages": [_p("x", 1.0), _p("y", 2.0)]}]))]
-    verdict = aggregate.make_operator("workers.factool.handlers:build_verdict")
+    verdict = aggregate.make_operator("alto_workers.factool.handlers:build_verdict")
     assert verdict.group([], (5,))["factual"] is True
 
 
 def test_streaming_splitters_agree_with_the_reference_rules(default):
-    # The pipeline splits LM streams with workers.lm.splitters; the reference's results
+    # The pipeline splits LM streams with alto_workers.lm.splitters; the reference's results
     # hold only if both split every scripted output the same way, however it is chunked.
-    splitters = pytest.importorskip("workers.lm.splitters")
+    splitters = pytest.importorskip("alto_workers.lm.splitters")
     rng = random.Random(3)
 
     def stream(kind: str, text: str) -> list[str]:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from alto_bus import wire
-from alto_bus.gateway import Gateway
+from alto_bus.protocol import wire
+from alto_bus.control.request_book import Gateway
 
 
 def book(**kw) -> Gateway:

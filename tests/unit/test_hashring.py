@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from alto_bus.hashring import DEFAULT_SLOTS, HASH_NAME, KeyTable, key_bytes, slot_of
+from alto_bus.routing.keytable import DEFAULT_SLOTS, HASH_NAME, KeyTable, key_bytes, slot_of
 
 K = 100_000
 
@@ -68,7 +68,7 @@ def test_owner_survives_a_msgpack_round_trip() -> None:
 def test_owner_is_identical_in_another_process() -> None:
     table = KeyTable.build(1, ["a", "b", "c", "d"])
     code = (
-        "import sys, msgpack; from alto_bus.hashring import KeyTable\n"
+        "import sys, msgpack; from alto_bus.routing.keytable import KeyTable\n"
         "t = KeyTable.build(1, ['d', 'c', 'b', 'a'])\n"
         "print(' '.join(t.owner(bytes([i, 7])) + t.owner((i, 3)) for i in range(200)))"
     )
@@ -228,7 +228,7 @@ def test_capacity_assignment_is_the_greedy_stable_matching(
     # Reference: take (slot, instance) pairs by descending score, each slot once, each
     # instance up to its capacity. With one score ranking both sides this greedy result
     # is the unique stable matching, which the vectorised proposals must reproduce.
-    from alto_bus.hashring import _assign, _instance_hashes, _mix
+    from alto_bus.routing.keytable import _assign, _instance_hashes, _mix
 
     slots = 211
     members = [f"i{salt}-{j}" for j in range(n)]

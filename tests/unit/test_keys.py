@@ -12,8 +12,8 @@ import time
 import pytest
 import zmq
 
-from alto_bus import keys
-from alto_bus.sockets import bound_address, make_socket
+from alto_bus.net import curve as keys
+from alto_bus.net.sockets import bound_address, make_socket
 
 
 def test_alto_keys_makes_a_pair_whose_secret_only_its_owner_reads(tmp_path):

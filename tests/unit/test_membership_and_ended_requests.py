@@ -3,9 +3,9 @@ what they sent (both pure: no sockets)."""
 
 from __future__ import annotations
 
-from alto_bus import wire
-from alto_bus.gateway import Gateway
-from alto_bus.membership import Membership
+from alto_bus.protocol import wire
+from alto_bus.control.request_book import Gateway
+from alto_bus.control.membership import Membership
 
 
 def test_a_pool_member_is_in_the_table_of_the_epoch_that_adds_it():

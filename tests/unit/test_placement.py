@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from alto_bus.placement import Demand, Host, PlacementError, describe, place
+from alto_bus.deploy.gpu_placement import Demand, Host, PlacementError, describe, place
 
 THREE = [Host("a", 4), Host("b", 4), Host("c", 0)]
 
@@ -95,8 +95,9 @@ def test_describe_names_every_host():
 
 from pathlib import Path  # noqa: E402
 
-from alto_bus import keys, node  # noqa: E402
-from alto_bus.topology import TopologyError, gpus_per_instance, load, place_instances  # noqa: E402
+from alto_bus.deploy import node  # noqa: E402
+from alto_bus.net import curve as keys  # noqa: E402
+from alto_bus.deploy.topology import TopologyError, gpus_per_instance, load, place_instances  # noqa: E402
 from tests.support import write_topology  # noqa: E402
 
 H = "tests.integration.handlers"
@@ -174,7 +175,7 @@ def test_stage_hosts_need_host_tables(tmp_path):
 
 
 def test_a_vllm_instance_takes_its_tensor_parallel_size_in_gpus(tmp_path):
-    from alto_bus.topology import StageConfig
+    from alto_bus.deploy.topology import StageConfig
 
     base = dict(name="lm", kind="lm", input=None, replicas=1, inbox="", advertise=None, queue=1, concurrency=1,
                 flush_ms=1.0, batch_bytes=1)

@@ -12,8 +12,8 @@ from collections import Counter
 
 import pytest
 
-from workers import retrieve
-from workers.retrieve import BM25Index, load_corpus, make_handler, tokenize
+from alto_workers import retrieve
+from alto_workers.retrieve import BM25Index, load_corpus, make_handler, tokenize
 
 
 def docs(*texts: str) -> list[dict[str, str]]:

@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from alto_bus.routing import LoadView, pow2_choice
+from alto_bus.routing.choice import LoadView, pow2_choice
 
 
 def test_single_candidate_and_empty():
@@ -44,7 +44,7 @@ def test_a_new_report_resets_what_was_sent():
 
 
 def test_a_pool_route_counts_its_sends_for_every_sender_that_gets_work():
-    from alto_bus.routing import PoolRoute
+    from alto_bus.routing.pool_route import PoolRoute
     from alto_bus.scheduling import Placement
 
     class Recording:

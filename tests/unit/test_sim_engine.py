@@ -7,9 +7,9 @@ import inspect
 
 import pytest
 
-from workers.lm.engine import Engine, EngineOutput, EngineStats, SamplingParams
-from workers.lm.sim import SimEngine, fallback_text, plan_output
-from workers.lm.sim_model import EOS_ID, split_pieces, tokenize
+from alto_workers.lm.engine import Engine, EngineOutput, EngineStats, SamplingParams
+from alto_workers.lm.sim import SimEngine, fallback_text, plan_output
+from alto_workers.lm.sim_model import EOS_ID, split_pieces, tokenize
 
 SCRIPT = {
     ("answer", "q1"): "The Eiffel Tower is in Paris. It was completed in 1889.",

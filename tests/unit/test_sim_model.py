@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from workers.lm.sim_model import (
+from alto_workers.lm.sim_model import (
     EOS_ID,
     VOCAB_SIZE,
     KVCache,

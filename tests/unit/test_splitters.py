@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from workers.lm.splitters import EMITS, SplitterError, make_splitter
+from alto_workers.lm.splitters import EMITS, SplitterError, make_splitter
 
 
 def run(emit: str, chunks: list[str], **options) -> tuple[list, str | None]:

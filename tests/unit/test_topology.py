@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from alto_bus.topology import TopologyError, load, parse
+from alto_bus.deploy.topology import TopologyError, load, parse
 from tests.support import write_topology
 
 H = "tests.integration.handlers"

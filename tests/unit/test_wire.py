@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from alto_bus import wire
+from alto_bus.protocol import wire
 
 
 def test_every_kind_round_trips_in_one_frame():

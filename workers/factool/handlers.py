@@ -18,7 +18,7 @@ Item shapes, stage by stage (``path`` is the item's ancestry; ``rid`` the reques
 An LM stage's output item is its input item with the new piece of text added under the
 stage's output field (``sentence``, ``claim``, ``query``, ``verdict``), so every item
 carries the claim it descends from. The retrieve stage is
-``workers.retrieve.make_handler(corpus, k=3, field="query", out_field="passages")``.
+``alto_workers.retrieve.make_handler(corpus, k=3, field="query", out_field="passages")``.
 A sentence with no claim fans out to zero claims (``END(path, 0)``); it adds nothing to
 the verdict. ``evidence`` is the passages rendered for the verify prompt: ``[1] text``
 lines, best first.
@@ -30,8 +30,8 @@ The result of a request::
      "claims": [{"claim", "factual": bool | None, "reason", "evidence": [passages]}, ...]}
 
 with the claims in path order (answer order). The aggregating functions are the
-aggregate stage's user callables (``op = "workers.factool.handlers:build_verdict"``):
-they take the group's items in path order (what ``workers.aggregate`` passes), or as
+aggregate stage's user callables (``op = "alto_workers.factool.handlers:build_verdict"``):
+they take the group's items in path order (what ``alto_workers.aggregate`` passes), or as
 ``(path, item)`` pairs in any order.
 """
 

@@ -11,7 +11,7 @@ Splitting rules (any sensible streaming splitter agrees on the generated texts):
 * lines (claims, queries): one item per non-blank line, stripped of a leading list
   marker ("1.", "2)", "-", "*", "•") and surrounding spaces.
 
-CLI: ``python -m workers.factool.reference [--workload FILE] [--k 3]`` prints the
+CLI: ``python -m alto_workers.factool.reference [--workload FILE] [--k 3]`` prints the
 fan-out and verdict statistics of a workload.
 """
 
@@ -24,9 +24,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from workers.factool.handlers import build_verdict, build_verify_input
-from workers.factool.workload import DEFAULT_PATH, Workload, split_sentences
-from workers.retrieve import BM25Index
+from alto_workers.factool.handlers import build_verdict, build_verify_input
+from alto_workers.factool.workload import DEFAULT_PATH, Workload, split_sentences
+from alto_workers.retrieve import BM25Index
 
 _LIST_MARKER = re.compile(r"^\s*(?:\d+[.)]|[-*\u2022])\s+")
 
@@ -132,7 +132,7 @@ def summary(workload: Workload, k: int = 3) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m workers.factool.reference",
+    ap = argparse.ArgumentParser(prog="python -m alto_workers.factool.reference",
                                  description="Fan-out and verdict statistics of a workload.")
     ap.add_argument("--workload", default=DEFAULT_PATH)
     ap.add_argument("--k", type=int, default=3, help="passages per query (3)")

@@ -42,7 +42,7 @@ lookup never has to pick between two outputs. Texts contain no abbreviations and
 decimals, so any sentence splitter that splits after ". " before an upper-case letter
 finds the same sentences.
 
-CLI: ``python -m workers.factool.workload --n 200 --seed 1 --out FILE.json.gz``.
+CLI: ``python -m alto_workers.factool.workload --n 200 --seed 1 --out FILE.json.gz``.
 """
 
 from __future__ import annotations
@@ -711,7 +711,7 @@ def _jsonable(obj: Any) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m workers.factool.workload",
+    ap = argparse.ArgumentParser(prog="python -m alto_workers.factool.workload",
                                  description="Generate a seeded FacTool-style workload.")
     ap.add_argument("--n", type=int, default=200, help="number of questions (200)")
     ap.add_argument("--seed", type=int, default=1)

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from itertools import accumulate
 from typing import Any
 
-from workers.lm.engine import EngineOutput, EngineStats, PromptStats, SamplingParams
-from workers.lm.sim_model import (
+from alto_workers.lm.engine import EngineOutput, EngineStats, PromptStats, SamplingParams
+from alto_workers.lm.sim_model import (
     ABORTED,
     BOS_ID,
     EOS_ID,

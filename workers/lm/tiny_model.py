@@ -4,7 +4,7 @@ No model can be downloaded here, and dummy loading makes random weights from the
 config alone; so a model is a config plus a tokenizer. Text it generates is random, but
 the engine, its scheduler, streaming, prefix cache and token counts are real.
 
-    python -m workers.lm.tiny_model FOLDER
+    python -m alto_workers.lm.tiny_model FOLDER
 """
 
 from __future__ import annotations
@@ -130,7 +130,7 @@ def _made_up_text(lines: int = 4000, seed: int = 8) -> Iterator[str]:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        print("usage: python -m workers.lm.tiny_model FOLDER", file=sys.stderr)
+        print("usage: python -m alto_workers.lm.tiny_model FOLDER", file=sys.stderr)
         return 2
     print(make_tiny_model(args[0]))
     return 0

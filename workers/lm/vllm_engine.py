@@ -22,7 +22,7 @@ import threading
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from workers.lm.engine import EngineOutput, EngineStats, PromptStats, SamplingParams
+from alto_workers.lm.engine import EngineOutput, EngineStats, PromptStats, SamplingParams
 
 # vLLM learns its own address by connecting a UDP socket to 8.8.8.8 unless
 # VLLM_HOST_IP is set, and reports usage unless told not to; the HF libraries must not

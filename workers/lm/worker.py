@@ -18,10 +18,11 @@ import os
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from alto_bus.stage import StageLogic, describe
-from alto_bus.topology import StageConfig, import_object
-from workers.lm.engine import Engine, SamplingParams
-from workers.lm.splitters import SplitterError, make_splitter
+from alto_bus.runtime.stage import StageLogic, describe
+from alto_bus.deploy.topology import StageConfig, TopologyError, import_object
+from alto_bus.runtime.kinds import StageKind
+from alto_workers.lm.engine import Engine, SamplingParams
+from alto_workers.lm.splitters import SplitterError, make_splitter
 
 log = logging.getLogger("alto.lm")
 
@@ -61,13 +62,13 @@ def make_engine(f: dict) -> Engine:
     """The engine described by a stage's or a pool's fields."""
     args = dict(f.get("engine_args") or {})
     if f["engine"] == "sim":
-        from workers.lm.sim import SimEngine
+        from alto_workers.lm.sim import SimEngine
 
         script = None
         if f.get("script"):
             script = import_object(f["script"])(**(f.get("script_args") or {}))
         return SimEngine(args, script=script, seed=int(f.get("seed") or 0))
-    from workers.lm.vllm_engine import VllmEngine
+    from alto_workers.lm.vllm_engine import VllmEngine
 
     host = os.environ.get("ALTO_HOST_IP", "127.0.0.1")
     return VllmEngine(f["model"], args, host_ip=host)
@@ -240,7 +241,7 @@ def check_engine(fields: dict, label: str, error: Callable[[str], Exception]) ->
     if fields["engine"] == "vllm" and not fields.get("model"):
         raise error(f"{label}: missing required field 'model' (engine 'vllm')")
     if fields["engine"] == "sim":
-        from workers.lm.sim_model import SimParams
+        from alto_workers.lm.sim_model import SimParams
 
         try:
             SimParams.from_dict(fields.get("engine_args") or {})
@@ -273,3 +274,44 @@ def check(fields: dict, label: str, error: Callable[[str], Exception]) -> None:
                     f"got {fields['emit']!r}")
     if fields["max_tokens"] < 1:
         raise error(f"{label}: field 'max_tokens' must be >= 1")
+
+
+FIELDS = {
+    "pool": ((str,), None),           # a [[pool]] of LM instances shared with other prompts
+    "engine": ((str,), None),         # "sim" or "vllm" (without a pool)
+    "model": ((str,), None),
+    "engine_args": ((dict,), None),   # vllm: engine arguments; sim: SimParams overrides
+    "prompt": ((str,), None),         # a template with {named} fields from the input item
+    "prompt_from": ((str,), None),    # or "module:ATTR" holding the template
+    "prompt_name": ((str,), None),    # default: the stage name
+    "emit": ((str,), "sentences"),    # text, tokens, sentences, lines, json-items
+    "stream": ((bool,), True),        # false: wait for the whole output (the baseline)
+    "output_field": ((str,), None),
+    "max_tokens": ((int,), 256),
+    "temperature": ((int, float), 0.0),
+    "stop": ((list,), None),
+    "ignore_eos": ((bool,), False),
+    "seed": ((int,), None),
+    "max_prompt_chars": ((int,), None),
+    "script": ((str,), None),         # sim: "module:factory" giving script(prompt_name, key)
+    "script_args": ((dict,), None),
+    "script_key": ((str,), None),     # sim: the input field its script is keyed by
+}
+
+
+def _check_stage(values: dict, input: str | None, label: str, check_handlers: bool) -> bool:
+    check(values, label, TopologyError)
+    return fans_out(values)
+
+
+def gpus(fields: dict) -> int:
+    """GPUs one instance takes: a vllm engine's tensor x pipeline parallel size; sim none."""
+    if fields.get("engine") != "vllm":
+        return 0
+    args = fields.get("engine_args") or {}
+    return int(args.get("tensor_parallel_size", 1)) * int(args.get("pipeline_parallel_size", 1))
+
+
+KIND = StageKind("lm", FIELDS, build=build_stage, check=_check_stage,
+                 check_engine=lambda values, label: check_engine(values, label, TopologyError),
+                 make_engine=make_engine, gpus=gpus)

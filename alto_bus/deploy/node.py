@@ -1,7 +1,7 @@
 """Across hosts: ``alto node`` (one host's share of a topology) and the launcher over ssh.
 
 A topology with ``[[host]]`` tables runs on several machines. Placement
-(:mod:`alto_bus.placement`, validated when the file loads) gives each host its
+(:mod:`alto_bus.deploy.gpu_placement`, validated when the file loads) gives each host its
 instances and their GPUs; every host computes the same answer on its own.
 
 ``alto node FILE --host NAME`` starts and supervises one host's instances (and, on the
@@ -48,10 +48,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from alto_bus import keys
-from alto_bus import topology as topo_mod
-from alto_bus.launch import StatusProbe, _read_announcement, curve_args, run_until_signal
-from alto_bus.placement import Placed, describe
+from alto_bus.net import curve as keys
+from alto_bus.deploy import topology as topo_mod
+from alto_bus.deploy.supervisor import StatusProbe, _read_announcement, curve_args, run_until_signal
+from alto_bus.deploy.gpu_placement import Placed, describe
 
 log = logging.getLogger("alto.node")
 
@@ -274,7 +274,7 @@ class Node:
         env["ALTO_LOG_LEVEL"] = self.log_level
         if placed is not None:
             env["CUDA_VISIBLE_DEVICES"] = placed.cuda_visible_devices
-        proc = subprocess.Popen([sys.executable, "-m", "alto_bus.cli", *args], env=env, stdin=subprocess.DEVNULL,
+        proc = subprocess.Popen([sys.executable, "-m", "alto_bus", *args], env=env, stdin=subprocess.DEVNULL,
                                 start_new_session=True, preexec_fn=_die_with(os.getpid(), signal.SIGKILL), **popen)
         child = _Child(role, proc, placed)
         try:
@@ -543,7 +543,7 @@ class Ssh:
             cmd += ["-l", host.ssh_user]
         assigns = [f"{k}={shlex.quote(v)}" for k, v in env.items()]
         line = (f"cd {shlex.quote(self.workdir)} && exec env {' '.join(assigns)} "
-                f"{shlex.quote(self.python)} -m alto_bus.cli {' '.join(shlex.quote(a) for a in remote)}")
+                f"{shlex.quote(self.python)} -m alto_bus {' '.join(shlex.quote(a) for a in remote)}")
         return [*cmd, host.address, line]
 
 

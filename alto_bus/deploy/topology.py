@@ -8,21 +8,21 @@ items are the request's result. Every error names the file, the table and the fi
 from __future__ import annotations
 
 import importlib
-import inspect
-import re
+import sys
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from alto_bus.sockets import check_address
+from alto_bus.net.sockets import check_address
+from alto_bus.runtime.kinds import REQUIRED, UnknownKind, known_kinds, stage_kind
 
 
 class TopologyError(ValueError):
     """The topology cannot be run; the message names the file, the stage and the field."""
 
 
-_MISSING = object()
+_MISSING = REQUIRED
 
 # name: (types, default). A default of _MISSING means the field is required.
 BROKER_FIELDS: dict[str, tuple[tuple[type, ...], Any]] = {
@@ -51,41 +51,6 @@ COMMON_STAGE_FIELDS: dict[str, tuple[tuple[type, ...], Any]] = {
     "gpus": ((int,), None),             # GPUs per instance (default: tensor_parallel_size of a vllm stage, else 0)
 }
 
-KIND_FIELDS: dict[str, dict[str, tuple[tuple[type, ...], Any]]] = {
-    "function": {
-        "handler": ((str,), _MISSING),
-        "options": ((dict,), None),      # when given, handler is a factory called with them
-        "fanout": ((bool,), None),       # default: a generator handler fans out
-    },
-    "aggregate": {
-        "key": ((str,), None),           # "request", or the upstream stage whose items are groups
-        "op": ((str,), _MISSING),        # collect, count, sum, all, any, top_k, filter, barrier, module:function
-        "options": ((dict,), None),      # the operator's options (k, score, field, where, ...)
-        "eps": ((int, float), 0.25),     # bounded load: skip instances over (1 + eps) x mean
-    },
-    "lm": {
-        "pool": ((str,), None),           # a [[pool]] of LM instances shared with other prompts
-        "engine": ((str,), None),         # "sim" or "vllm" (without a pool)
-        "model": ((str,), None),
-        "engine_args": ((dict,), None),   # vllm: engine arguments; sim: SimParams overrides
-        "prompt": ((str,), None),         # a template with {named} fields from the input item
-        "prompt_from": ((str,), None),    # or "module:ATTR" holding the template
-        "prompt_name": ((str,), None),    # default: the stage name
-        "emit": ((str,), "sentences"),    # text, tokens, sentences, lines, json-items
-        "stream": ((bool,), True),        # false: wait for the whole output (the baseline)
-        "output_field": ((str,), None),
-        "max_tokens": ((int,), 256),
-        "temperature": ((int, float), 0.0),
-        "stop": ((list,), None),
-        "ignore_eos": ((bool,), False),
-        "seed": ((int,), None),
-        "max_prompt_chars": ((int,), None),
-        "script": ((str,), None),         # sim: "module:factory" giving script(prompt_name, key)
-        "script_args": ((dict,), None),
-        "script_key": ((str,), None),     # sim: the input field its script is keyed by
-    },
-}
-
 # A pool: LM instances shared by the LM stages that name it, one engine each.
 POOL_FIELDS: dict[str, tuple[tuple[type, ...], Any]] = {
     "name": ((str,), _MISSING),
@@ -110,10 +75,8 @@ POOL_FIELDS: dict[str, tuple[tuple[type, ...], Any]] = {
 # Fields an LM stage on a pool takes from the pool, not from its own table.
 POOL_OWNED = ("engine", "model", "engine_args", "script", "script_args", "replicas")
 
-# Kinds whose checks live with the worker kinds; loaded by name.
-LM_CHECK = "workers.lm.worker:check"
-MAKE_POLICY = "alto_bus.scheduling:make_policy"
-MAKE_OPERATOR = "workers.aggregate:make_operator"
+# The kind whose stages may share an engine in a [[pool]] (its check_engine checks the pool).
+POOL_KIND = "lm"
 
 
 @dataclass(frozen=True)
@@ -148,6 +111,7 @@ class StageConfig:
     key_depth: int | None = None   # keyed routing of this stage's input on path[:key_depth]
     hosts: list[str] | None = None  # [[host]] names its instances may run on
     gpus: int | None = None         # GPUs per instance, when given
+    base_dir: str | None = None     # the topology file's directory: handlers are found there too
 
     def to_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -216,17 +180,20 @@ class Topology:
 def load(path: str | Path, *, check_handlers: bool = True) -> Topology:
     """Read and validate a topology file."""
     path = Path(path)
+    add_handler_dir(path.resolve().parent)
     try:
         raw = tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise TopologyError(f"{path}: no such topology file") from None
     except tomllib.TOMLDecodeError as exc:
         raise TopologyError(f"{path}: not valid TOML: {exc}") from None
-    return parse(raw, source=str(path), check_handlers=check_handlers)
+    return parse(raw, source=str(path), check_handlers=check_handlers, base_dir=str(path.resolve().parent))
 
 
-def parse(raw: dict[str, Any], *, source: str = "<topology>", check_handlers: bool = True) -> Topology:
-    """Validate a topology given as a dict (what the TOML decodes to)."""
+def parse(raw: dict[str, Any], *, source: str = "<topology>", check_handlers: bool = True,
+          base_dir: str | None = None) -> Topology:
+    """Validate a topology given as a dict (what the TOML decodes to); ``base_dir`` is
+    where its handler modules may also be found (``load`` gives the file's directory)."""
     unknown = set(raw) - {"broker", "stage", "pool", "host", "security"}
     if unknown:
         raise TopologyError(f"{source}: unknown top-level table(s) {sorted(unknown)}; "
@@ -252,13 +219,13 @@ def parse(raw: dict[str, Any], *, source: str = "<topology>", check_handlers: bo
     if len(pools) != len(pools_raw):
         raise TopologyError(f"{source}: two [[pool]] tables have the same name")
     stages = [_stage(s, i, source, check_handlers, pools) for i, s in enumerate(stages_raw)]
-    chain = tuple(_chain(stages, source))
+    chain = tuple(_replace(s, base_dir=base_dir) for s in _chain(stages, source))
     users = {name: tuple(s.name for s in chain if s.fields.get("pool") == name) for name in pools}
     for name, names in users.items():
         if not names:
             raise TopologyError(f"{source}: pool {name!r}: no LM stage names it (field 'pool' of an lm stage)")
     pools_out = tuple(_replace_pool(p, stages=users[p.name]) for p in pools.values())
-    return _with_hosts(Topology(source=source, broker=broker, stages=chain, pools=pools_out), raw)
+    return with_hosts(Topology(source=source, broker=broker, stages=chain, pools=pools_out), raw)
 
 
 def _replace_pool(p: PoolConfig, **changes: Any) -> PoolConfig:
@@ -274,9 +241,11 @@ def _pool(raw: Any, index: int, source: str) -> PoolConfig:
     if values["replicas"] < 1:
         raise TopologyError(f"{label}: field 'replicas' must be >= 1, got {values['replicas']}")
     _address(values["inbox"], f"{label} field 'inbox'")
-    import_object(LM_CHECK.replace(":check", ":check_engine"))(values, label, TopologyError)
+    stage_kind(POOL_KIND).check_engine(values, label)
+    from alto_bus.scheduling import make_policy
+
     try:
-        import_object(MAKE_POLICY)(values["policy"], **(values["policy_args"] or {}))
+        make_policy(values["policy"], **(values["policy_args"] or {}))
     except ValueError as exc:
         raise TopologyError(f"{label}: field 'policy': {exc}") from None
     except TypeError as exc:
@@ -318,10 +287,14 @@ def _stage(raw: Any, index: int, source: str, check_handlers: bool,
     label = f"{source}: stage {raw.get('name', '#' + str(index + 1))!r}" if isinstance(raw, dict) else f"{source}: stage #{index + 1}"
     if not isinstance(raw, dict):
         raise TopologyError(f"{label}: must be a table")
-    kind = raw.get("kind")
-    if kind not in KIND_FIELDS:
-        raise TopologyError(f"{label}: field 'kind' is {kind!r}; known kinds: {', '.join(sorted(KIND_FIELDS))}")
-    spec = {**COMMON_STAGE_FIELDS, **KIND_FIELDS[kind]}
+    kind_name = raw.get("kind")
+    if not isinstance(kind_name, str):
+        raise TopologyError(f"{label}: field 'kind' is {kind_name!r}; known kinds: {', '.join(known_kinds())}")
+    try:
+        kind = stage_kind(kind_name)
+    except UnknownKind as exc:
+        raise TopologyError(f"{label}: field 'kind': {exc}") from None
+    spec = {**COMMON_STAGE_FIELDS, **kind.fields}
     values = _fields(raw, spec, label)
     if values["replicas"] < 1:
         raise TopologyError(f"{label}: field 'replicas' must be >= 1, got {values['replicas']}")
@@ -335,60 +308,19 @@ def _stage(raw: Any, index: int, source: str, check_handlers: bool,
         raise TopologyError(f"{label}: field 'inbox': {values['replicas']} replicas cannot share one ipc path; "
                             "put {instance} in it (e.g. ipc:///tmp/alto/stage-{instance})")
     common = {k: values.pop(k) for k in COMMON_STAGE_FIELDS}
-    fans_out = False
-    if kind == "function":
-        fans_out = _function_fans_out(values, label, check_handlers)
-    elif kind == "aggregate":
-        _check_aggregate(values, common, label)
-    elif kind == "lm":
-        pool = values.get("pool")
-        if pool is not None:
-            if pool not in (pools or {}):
-                raise TopologyError(f"{label}: field 'pool': no [[pool]] named {pool!r}")
-            given = [f for f in POOL_OWNED if f in raw]
-            if given:
-                raise TopologyError(f"{label}: field '{given[0]}': a stage on pool {pool!r} takes it from the pool")
-            p = pools[pool]
-            values.update(engine=p.engine, model=p.model, engine_args=p.engine_args, script=p.script,
-                          script_args=p.script_args)
-            common["replicas"] = p.replicas
-        import_object(LM_CHECK)(values, label, TopologyError)
-        fans_out = values["emit"] != "text"
+    pool = values.get("pool")
+    if pool is not None:
+        if pool not in (pools or {}):
+            raise TopologyError(f"{label}: field 'pool': no [[pool]] named {pool!r}")
+        given = [f for f in POOL_OWNED if f in raw]
+        if given:
+            raise TopologyError(f"{label}: field '{given[0]}': a stage on pool {pool!r} takes it from the pool")
+        p = pools[pool]
+        values.update(engine=p.engine, model=p.model, engine_args=p.engine_args, script=p.script,
+                      script_args=p.script_args)
+        common["replicas"] = p.replicas
+    fans_out = bool(kind.check(values, common["input"], label, check_handlers)) if kind.check else False
     return StageConfig(**common, fields=values, fans_out=fans_out)
-
-
-def _check_aggregate(values: dict, common: dict, label: str) -> None:
-    if common["input"] is None:
-        raise TopologyError(f"{label}: field 'input': an aggregate stage needs an input stage")
-    if values["eps"] < 0:
-        raise TopologyError(f"{label}: field 'eps' must be >= 0, got {values['eps']}")
-    try:
-        op = import_object(MAKE_OPERATOR)(values["op"], values["options"] or {})
-    except ImportError as exc:
-        raise TopologyError(f"{label}: field 'op': {exc}") from None
-    except ValueError as exc:
-        field = "options" if values["options"] and "option" in str(exc) else "op"
-        raise TopologyError(f"{label}: field '{field}': {exc}") from None
-    values["per_item"] = bool(op.per_item)
-    values["keeps_paths"] = bool(getattr(op, "keeps_paths", False))
-    if values["key"] is None and not op.per_item:
-        raise TopologyError(f"{label}: missing required field 'key' ('request' or an upstream stage)")
-
-
-def _function_fans_out(values: dict, label: str, check_handlers: bool) -> bool:
-    spec = values["handler"]
-    if check_handlers:
-        try:
-            fn = import_object(spec)
-        except ImportError as exc:
-            raise TopologyError(f"{label}: field 'handler': {exc}") from None
-        if not callable(fn):
-            raise TopologyError(f"{label}: field 'handler': {spec!r} is not callable")
-        if values["fanout"] is None and values["options"] is None:
-            return inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn)
-    elif ":" not in spec:
-        raise TopologyError(f"{label}: field 'handler': {spec!r} is not 'module:function'")
-    return bool(values["fanout"])
 
 
 def _chain(stages: list[StageConfig], source: str) -> list[StageConfig]:
@@ -426,7 +358,7 @@ def _chain(stages: list[StageConfig], source: str) -> list[StageConfig]:
     while name is not None:
         s = by_name[name]
         key_depth = None
-        if s.kind == "aggregate" and not s.fields.get("per_item"):
+        if stage_kind(s.kind).keyed and not s.fields.get("per_item"):
             key = s.fields["key"]
             if key == "request":
                 key_depth = 1
@@ -464,15 +396,28 @@ def _replace(s: StageConfig, **changes: Any) -> StageConfig:
     return StageConfig(**d)
 
 
+_handler_dirs: list[str] = []  # topology files' directories: handlers are found there too
+
+
+def add_handler_dir(path: str | Path | None) -> None:
+    """Let ``import_object`` find modules in ``path`` (a topology file's directory)."""
+    if path and str(path) not in _handler_dirs:
+        _handler_dirs.append(str(path))
+
+
 def import_object(spec: str) -> Callable[..., Any]:
-    """``"package.module:attr"`` -> the object; ImportError says which part failed."""
+    """``"package.module:attr"`` -> the object; ImportError says which part failed.
+
+    The module is looked up on ``sys.path`` first, then in the directories of the topology
+    files loaded in this process (so ``alto check dir/file.toml`` works from anywhere)."""
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
         raise ImportError(f"{spec!r} is not 'module:function'")
     try:
-        module = importlib.import_module(module_name)
+        module = _import(module_name)
     except Exception as exc:
-        raise ImportError(f"cannot import module {module_name!r} for {spec!r}: {exc}") from None
+        where = f" (looked on sys.path and in {', '.join(_handler_dirs)})" if _handler_dirs else ""
+        raise ImportError(f"cannot import module {module_name!r} for {spec!r}: {exc}{where}") from None
     obj: Any = module
     for part in attr.split("."):
         try:
@@ -482,149 +427,24 @@ def import_object(spec: str) -> Callable[..., Any]:
     return obj
 
 
-# -- hosts and security (across nodes) ---------------------------------------------------
-
-HOST_FIELDS: dict[str, tuple[tuple[type, ...], Any]] = {
-    "name": ((str,), _MISSING),
-    "address": ((str,), _MISSING),   # the address peers reach this host at (name or IP)
-    "gpus": ((int,), 0),
-    "ssh_user": ((str,), None),
-    "ssh_port": ((int,), None),
-    "key": ((str,), None),           # this host's instances' public key file (default: [security] worker_key)
-}
-
-SECURITY_FIELDS: dict[str, tuple[tuple[type, ...], Any]] = {
-    "broker_key": ((str,), _MISSING),    # the broker's public key file; its secret is the _secret sibling
-    "worker_key": ((str,), _MISSING),    # the instances' public key file (per host: [[host]] key)
-    "allowed_keys": ((str,), _MISSING),  # directory of the public keys (*.key) of clients and other peers
-}
-
-
-@dataclass(frozen=True)
-class HostConfig:
-    name: str
-    address: str
-    gpus: int
-    ssh_user: str | None
-    ssh_port: int | None
-    key: str | None
-
-
-@dataclass(frozen=True)
-class SecurityConfig:
-    broker_key: str      # absolute paths (the file names them relative to its own folder)
-    worker_key: str
-    allowed_keys: str
-
-    def host_key(self, host: HostConfig | None) -> str:
-        """The public key file of the instances on ``host``."""
-        return host.key if host is not None and host.key else self.worker_key
-
-
-def _with_hosts(topo: Topology, raw: dict[str, Any]) -> Topology:
-    """Validate ``[[host]]``, stage placement and ``[security]``; add them to the topology."""
-    import dataclasses
-
-    from alto_bus import keys
-
-    source = topo.source
-    folder = Path(source).resolve().parent if Path(source).suffix else Path.cwd()
-    hosts_raw = raw.get("host", [])
-    if not isinstance(hosts_raw, list):
-        raise TopologyError(f"{source}: [[host]] must be an array of tables")
-    hosts = []
-    for i, h in enumerate(hosts_raw):
-        name = h.get("name", f"#{i + 1}") if isinstance(h, dict) else f"#{i + 1}"
-        label = f"{source}: host {name!r}" if isinstance(h, dict) else f"{source}: host #{i + 1}"
-        values = _fields(h, HOST_FIELDS, label)
-        if not re.fullmatch(r"[A-Za-z0-9_.\-]+|\[[0-9a-fA-F:]+\]", values["address"]):
-            raise TopologyError(f"{label}: field 'address': {values['address']!r} is not a host name or IP address")
-        if values["gpus"] < 0:
-            raise TopologyError(f"{label}: field 'gpus' must be >= 0, got {values['gpus']}")
-        if values["key"] is not None:
-            values["key"] = str(folder / values["key"])
-        hosts.append(HostConfig(**values))
-    names = [h.name for h in hosts]
-    for n in names:
-        if names.count(n) > 1:
-            raise TopologyError(f"{source}: host {n!r}: field 'name': two [[host]] tables are named {n!r}")
-    for s in topo.stages:
-        if s.hosts is not None and not hosts:
-            raise TopologyError(f"{source}: stage {s.name!r}: field 'hosts': the file has no [[host]] tables")
-        if s.hosts is not None and not all(isinstance(h, str) for h in s.hosts):
-            raise TopologyError(f"{source}: stage {s.name!r}: field 'hosts' must be a list of host names")
-        if s.gpus is not None and s.gpus < 0:
-            raise TopologyError(f"{source}: stage {s.name!r}: field 'gpus' must be >= 0, got {s.gpus}")
-    for p in topo.pools:
-        for name in p.stages:
-            if topo.stage(name).hosts is not None or topo.stage(name).gpus is not None:
-                raise TopologyError(f"{source}: stage {name!r}: fields 'hosts' and 'gpus' of a stage on pool "
-                                    f"{p.name!r} are the pool's (set them on the [[pool]])")
-        if p.hosts is not None and not hosts:
-            raise TopologyError(f"{source}: pool {p.name!r}: field 'hosts': the file has no [[host]] tables")
-        if p.gpus is not None and p.gpus < 0:
-            raise TopologyError(f"{source}: pool {p.name!r}: field 'gpus' must be >= 0, got {p.gpus}")
-    security = None
-    if "security" in raw:
-        values = _fields(raw["security"], SECURITY_FIELDS, f"{source}: [security]")
-        values = {k: str(folder / v) for k, v in values.items()}
-        security = SecurityConfig(**values)
-        checks = [("broker_key", security.broker_key, keys.load_public),
-                  ("worker_key", security.worker_key, keys.load_public),
-                  ("allowed_keys", security.allowed_keys, keys.load_allowed)]
-        for name, path, check in checks:
-            try:
-                check(path)
-            except keys.KeyFileError as exc:
-                raise TopologyError(f"{source}: [security] field '{name}': {exc}") from None
-        for h in hosts:
-            if h.key is not None:
-                try:
-                    keys.load_public(h.key)
-                except keys.KeyFileError as exc:
-                    raise TopologyError(f"{source}: host {h.name!r}: field 'key': {exc}") from None
-    elif any(h.key for h in hosts):
-        raise TopologyError(f"{source}: host {next(h.name for h in hosts if h.key)!r}: field 'key': "
-                            "keys need a [security] table")
-    topo = dataclasses.replace(topo, hosts=tuple(hosts), security=security)
-    if hosts:
-        place_instances(topo)  # refuse what does not fit, before anything starts
-    return topo
-
-
-def gpus_per_instance(unit: StageConfig | PoolConfig) -> int:
-    """GPUs one instance (or pool member) takes: its ``gpus``, else a vllm engine's parallel size."""
-    if unit.gpus is not None:
-        return unit.gpus
-    if isinstance(unit, PoolConfig):
-        engine, args = unit.engine, unit.engine_args
-    elif unit.kind == "lm":
-        engine, args = unit.fields.get("engine"), unit.fields.get("engine_args")
-    else:
-        return 0
-    if engine != "vllm":
-        return 0
-    args = args or {}
-    return int(args.get("tensor_parallel_size", 1)) * int(args.get("pipeline_parallel_size", 1))
-
-
-def place_instances(topo: Topology, host_names: list[str] | None = None):  # -> placement.Placement
-    """Per host (all, or the named ones in that order), its instances and their GPUs."""
-    from alto_bus import placement
-
-    hosts = list(topo.hosts)
-    if host_names is not None:
-        known = {h.name: h for h in hosts}
-        for n in host_names:
-            if n not in known:
-                raise TopologyError(f"{topo.source}: no [[host]] named {n!r} (hosts: {', '.join(known) or 'none'})")
-        hosts = [known[n] for n in host_names]
-    pooled = {name for p in topo.pools for name in p.stages}   # a pool's stages run in its members
-    demands = [placement.Demand(s.name, s.replicas, gpus_per_instance(s), tuple(s.hosts) if s.hosts else None)
-               for s in topo.stages if s.name not in pooled]
-    demands += [placement.Demand(p.name, p.replicas, gpus_per_instance(p), tuple(p.hosts) if p.hosts else None,
-                                 what="pool") for p in topo.pools]
+def _import(module_name: str) -> Any:
     try:
-        return placement.place([placement.Host(h.name, h.gpus) for h in hosts], demands)
-    except placement.PlacementError as exc:
-        raise TopologyError(f"{topo.source}: {exc}") from None
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        top = module_name.split(".")[0]
+        missing = [d for d in _handler_dirs if d not in sys.path]
+        if exc.name != top or not missing:
+            raise
+        sys.path.extend(missing)  # after the installed packages: a topology cannot shadow them
+        return importlib.import_module(module_name)
+
+
+# Hosts, security and GPU placement live in their own module; their names are part of
+# this module's interface (imported last: hosts.py uses the helpers above).
+from alto_bus.deploy.hosts import (  # noqa: E402, F401
+    HostConfig,
+    SecurityConfig,
+    gpus_per_instance,
+    place_instances,
+    with_hosts,
+)

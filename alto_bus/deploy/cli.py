@@ -19,18 +19,18 @@ def _logging(level: str | None = None) -> None:
 
 
 def cmd_launch(args: argparse.Namespace) -> int:
-    from alto_bus.launch import launch
+    from alto_bus.deploy.supervisor import launch
 
     _logging("WARNING" if not args.verbose else "INFO")
-    if args.hosts is not None:  # across the [[host]] tables, over ssh (alto_bus.node)
-        from alto_bus.node import launch_cluster_main
+    if args.hosts is not None:  # across the [[host]] tables, over ssh (alto_bus.deploy.node)
+        from alto_bus.deploy.node import launch_cluster_main
 
         return launch_cluster_main(args)
     return launch(args.topology, log_level="INFO" if args.verbose else "WARNING")
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from alto_bus.topology import TopologyError, load
+    from alto_bus.deploy.topology import TopologyError, load
 
     try:
         topo = load(args.topology)
@@ -41,8 +41,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"stage {s.name}: kind {s.kind}, {s.replicas} replica(s), input {s.input or '(clients)'}, "
               f"next {s.next or '(gateway)'}, path depth {s.out_depth}")
     if topo.hosts:  # where each instance runs (the broker and gateway on the first host)
-        from alto_bus.placement import describe
-        from alto_bus.topology import place_instances
+        from alto_bus.deploy.gpu_placement import describe
+        from alto_bus.deploy.topology import place_instances
 
         print("\n".join(describe(place_instances(topo))))
     if topo.security:
@@ -52,8 +52,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_broker(args: argparse.Namespace) -> int:
-    from alto_bus.broker import run_broker
-    from alto_bus.topology import TopologyError, load
+    from alto_bus.control.broker import run_broker
+    from alto_bus.deploy.topology import TopologyError, load
 
     _logging()
     try:
@@ -63,7 +63,7 @@ def cmd_broker(args: argparse.Namespace) -> int:
         return 2
 
     if args.bind_host:  # a host of a cluster: loopback addresses become this host's
-        from alto_bus.node import bind_broker_on
+        from alto_bus.deploy.node import bind_broker_on
 
         topo = bind_broker_on(topo, args.bind_host, args.port_base)
 
@@ -75,7 +75,7 @@ def cmd_broker(args: argparse.Namespace) -> int:
 
     import zmq
 
-    from alto_bus.keys import KeyFileError
+    from alto_bus.net.curve import KeyFileError
 
     try:
         run_broker(topo, announce)
@@ -86,7 +86,7 @@ def cmd_broker(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from alto_bus.runtime import Worker, WorkerError
+    from alto_bus.runtime.worker import Worker, WorkerError
 
     _logging()
     try:
@@ -95,7 +95,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.pool:
-        from alto_bus.pool_worker import PoolMember
+        from alto_bus.runtime.pool_member import PoolMember
 
         worker = PoolMember(args.pool, args.broker, inbox=args.inbox, advertise=args.advertise,
                             broker_timeout=args.broker_timeout, curve=curve, host=args.host_name)
@@ -151,7 +151,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from alto_bus.launch import StatusProbe
+    from alto_bus.deploy.supervisor import StatusProbe
 
     try:
         curve = _curve(args)
@@ -202,7 +202,7 @@ def _curve(args: argparse.Namespace) -> Any:
         return None
     if args.key is None or args.broker_key is None:
         raise ValueError("give both --key (this process's key pair) and --broker-key (the broker's public key)")
-    from alto_bus.keys import client_curve
+    from alto_bus.net.curve import client_curve
 
     return client_curve(args.key, args.broker_key)
 
@@ -213,7 +213,7 @@ def _key_options(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
-    from alto_bus.keys import KeyFileError, create
+    from alto_bus.net.curve import KeyFileError, create
 
     try:
         public, secret = create(args.dir, args.name, force=args.force)
@@ -225,7 +225,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
 
 def cmd_node(args: argparse.Namespace) -> int:
-    from alto_bus.node import node_main
+    from alto_bus.deploy.node import node_main
 
     return node_main(args)
 
@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hosts", nargs="?", const="all",
                    help="start across the file's [[host]] tables over ssh: all, or NAME,NAME,... "
                         "(the first runs the broker)")
-    from alto_bus.node import add_cluster_arguments
+    from alto_bus.deploy.node import add_cluster_arguments
 
     add_cluster_arguments(p)  # ssh options of --hosts
     p.set_defaults(func=cmd_launch)
@@ -292,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=cmd_keys)
 
     p = sub.add_parser("node", help="start and supervise one host's share of a topology's instances")
-    from alto_bus.node import add_node_arguments
+    from alto_bus.deploy.node import add_node_arguments
 
     add_node_arguments(p)
     p.set_defaults(func=cmd_node)

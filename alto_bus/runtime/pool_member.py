@@ -1,7 +1,7 @@
 """One member of an LM pool: one engine, serving every LM stage (prompt) of the pool.
 
 The process asks the broker for the pool's configuration, starts the engine once, and
-runs one :class:`~alto_bus.runtime.Worker` per stage of the pool in one event loop,
+runs one :class:`~alto_bus.runtime.worker.Worker` per stage of the pool in one event loop,
 each an instance of its stage with its own inbox; the stages share the engine, so a
 prompt's prefix stays cached where the broker keeps placing that prompt.
 """
@@ -15,13 +15,12 @@ from typing import Any
 
 import zmq
 
-from alto_bus import wire
-from alto_bus.runtime import Worker, WorkerError
-from alto_bus.sockets import make_socket
-from alto_bus.topology import PoolConfig, StageConfig, import_object
+from alto_bus.protocol import wire
+from alto_bus.runtime.worker import Worker, WorkerError
+from alto_bus.net.sockets import make_socket
+from alto_bus.deploy.topology import POOL_KIND, PoolConfig, StageConfig
+from alto_bus.runtime.kinds import stage_kind
 
-MAKE_ENGINE = "workers.lm.worker:make_engine"
-BUILD_STAGE = "workers.lm.worker:build_stage"
 
 
 def pool_info(broker: str, pool: str, timeout: float, **sock_opts: Any) -> dict:
@@ -58,8 +57,9 @@ class PoolMember:
         info = await loop.run_in_executor(None, lambda: pool_info(self.broker, self.pool, self.connect_timeout,
                                                                   **opts))
         pool = PoolConfig.from_dict(info["pool"])
-        engine = import_object(MAKE_ENGINE)(pool.to_dict())
-        build = import_object(BUILD_STAGE)
+        kind = stage_kind(POOL_KIND)
+        engine = kind.make_engine(pool.to_dict())
+        build = kind.build
         await engine.start()
         try:
             self.workers = [

@@ -22,14 +22,16 @@ from typing import Any
 
 import zmq
 
-from alto_bus import keys, wire
-from alto_bus.gateway import ClientOut, Gateway
-from alto_bus.membership import Instance, Membership
-from alto_bus.pools import PoolScheduler
-from alto_bus.routing import LoadView, PoolRoute, pow2_choice
+from alto_bus.net import curve as keys
+from alto_bus.protocol import wire
+from alto_bus.control.request_book import ClientOut, Gateway
+from alto_bus.control.membership import Instance, Membership
+from alto_bus.scheduling.pool_scheduler import PoolScheduler
+from alto_bus.routing.choice import LoadView, pow2_choice
+from alto_bus.routing.pool_route import PoolRoute
 from alto_bus.scheduling import make_policy
-from alto_bus.sockets import advertised, bound_address, make_socket
-from alto_bus.topology import Topology
+from alto_bus.net.sockets import advertised, bound_address, make_socket
+from alto_bus.deploy.topology import Topology
 
 log = logging.getLogger("alto.broker")
 
@@ -610,7 +612,7 @@ def run_broker(topology: Topology, announce: Any = None) -> None:
 def _prefix_tokens(topology: Topology, stages: tuple[str, ...]) -> dict[str, int]:
     """The fixed part of each prompt, in tokens (about 4 characters a token): what a
     prefix cache can keep for every call of that prompt."""
-    from alto_bus.topology import import_object
+    from alto_bus.deploy.topology import import_object
 
     out = {}
     for name in stages:

@@ -14,8 +14,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from alto_bus import wire
-from alto_bus.ancestry import AncestryError, GroupTracker
+from alto_bus.protocol import wire
+from alto_bus.protocol.ancestry import AncestryError, GroupTracker
 
 ClientOut = tuple[bytes, list]  # (client identity, client-plane message)
 

@@ -16,7 +16,7 @@ import types
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Protocol
 
-from alto_bus.wire import join_chunks
+from alto_bus.protocol.wire import join_chunks
 
 log = logging.getLogger("alto.stage")
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from alto_bus.hashring import KeyTable
+from alto_bus.routing.keytable import KeyTable
 
 
 @dataclass

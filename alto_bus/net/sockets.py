@@ -52,7 +52,7 @@ def make_socket(
 ) -> zmq.Socket:
     """Make a socket and bind or connect it. ``ctx`` may be a ``zmq.asyncio.Context``.
 
-    ``curve``: an :class:`alto_bus.keys.CurveServer` or ``CurveClient`` (authenticated,
+    ``curve``: an :class:`alto_bus.net.curve.CurveServer` or ``CurveClient`` (authenticated,
     encrypted links); a client takes its server's public key off an address that carries one.
     """
     sock = ctx.socket(kind)

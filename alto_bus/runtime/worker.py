@@ -8,7 +8,7 @@ batch produced by asynchronous work. A send that would block parks the frame and
 the inbox loop until the peer takes it: a slow stage slows its senders, and the chain
 of full queues reaches the gateway, which refuses new requests as overloaded.
 
-The control plane runs in its own thread (:mod:`alto_bus.control`).
+The control plane runs in its own thread (:mod:`alto_bus.runtime.control_link`).
 """
 
 from __future__ import annotations
@@ -27,24 +27,20 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
-from alto_bus import wire
-from alto_bus.control import ControlLink
-from alto_bus.hashring import KeyTable
-from alto_bus.routing import LoadView, PoolRoute, pow2_choice
-from alto_bus.sockets import advertised, bound_address, make_socket
-from alto_bus.stage import FunctionStage, StageLogic, describe
-from alto_bus.topology import StageConfig, import_object
+from alto_bus.protocol import wire
+from alto_bus.runtime.control_link import ControlLink
+from alto_bus.routing.keytable import KeyTable
+from alto_bus.routing.choice import LoadView, pow2_choice
+from alto_bus.routing.pool_route import PoolRoute
+from alto_bus.net.sockets import advertised, bound_address, make_socket
+from alto_bus.runtime.stage import FunctionStage, StageLogic, describe
+from alto_bus.deploy.topology import StageConfig, add_handler_dir
+from alto_bus.runtime.kinds import stage_kind
 
 log = logging.getLogger("alto.worker")
 
 GATEWAY = 0  # destination id of the gateway's results inbox
 
-# Kind name -> "module:builder"; alto_bus loads worker kinds by name only.
-KIND_BUILDERS = {
-    "function": "workers.function:build_stage",
-    "aggregate": "workers.aggregate_stage:build_stage",
-    "lm": "workers.lm.worker:build_stage",
-}
 
 # Ids of requests that ended early, remembered so their late items are skipped.
 CANCELLED_MEMORY = 100_000
@@ -102,8 +98,8 @@ class Outbox:
 class Worker:
     """One instance of a stage. Embed it in a process, or let ``alto worker`` run it.
 
-    ``handler`` is a callable (see :class:`~alto_bus.stage.FunctionStage`) or a
-    :class:`~alto_bus.stage.StageLogic`; when omitted, the stage's kind and fields from
+    ``handler`` is a callable (see :class:`~alto_bus.runtime.stage.FunctionStage`) or a
+    :class:`~alto_bus.runtime.stage.StageLogic`; when omitted, the stage's kind and fields from
     the topology the broker serves decide it.
     """
 
@@ -125,7 +121,7 @@ class Worker:
         host: str | None = None,
     ) -> None:
         self.stage = stage
-        self.curve = curve  # alto_bus.keys.Curve: CURVE on every link (the broker says whom the inbox lets in)
+        self.curve = curve  # alto_bus.net.curve.Curve: CURVE on every link (the broker says whom the inbox lets in)
         self.host = host or socket.gethostname()  # the name the broker reports (a [[host]] name in a cluster)
         self._recent_keep = 6  # heartbeat intervals of request ids kept per outbox (liveness + 2)
         self.broker = broker
@@ -719,6 +715,7 @@ class Worker:
             log.warning("stage %s: dropped a malformed message (%d so far): %s", self.stage, n, what)
 
     def _build_logic(self, config: StageConfig) -> StageLogic:
+        add_handler_dir(config.base_dir)
         if self._logic_factory is not None:
             return self._logic_factory(config)
         handler = self._handler
@@ -726,8 +723,7 @@ class Worker:
             return handler
         if handler is not None:
             return FunctionStage(handler)
-        builder = import_object(KIND_BUILDERS[config.kind])
-        return builder(config)
+        return stage_kind(config.kind).build(config)
 
     async def _close(self, inbox: zmq.Socket | None) -> None:
         if self._flush_handle is not None:

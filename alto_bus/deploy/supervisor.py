@@ -23,10 +23,10 @@ from typing import IO, Any
 
 import zmq
 
-from alto_bus import keys
-from alto_bus import topology as topo_mod
-from alto_bus import wire
-from alto_bus.sockets import make_socket
+from alto_bus.net import curve as keys
+from alto_bus.deploy import topology as topo_mod
+from alto_bus.protocol import wire
+from alto_bus.net.sockets import make_socket
 
 _PR_SET_PDEATHSIG = 1
 
@@ -67,7 +67,7 @@ class Supervisor:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (os.getcwd(), env.get("PYTHONPATH", "")) if p)
         env["ALTO_LOG_LEVEL"] = self.log_level
         parent = os.getpid()
-        proc = subprocess.Popen([sys.executable, "-m", "alto_bus.cli", *args], env=env,
+        proc = subprocess.Popen([sys.executable, "-m", "alto_bus", *args], env=env,
                                 start_new_session=True, preexec_fn=lambda: _die_with_parent(parent),
                                 **popen)
         child = Child(role, proc, stage)

@@ -20,8 +20,8 @@ from typing import Any
 
 import zmq
 
-from alto_bus import wire
-from alto_bus.sockets import make_socket
+from alto_bus.protocol import wire
+from alto_bus.net.sockets import make_socket
 
 log = logging.getLogger("alto.control")
 
@@ -39,7 +39,7 @@ class ControlLink(threading.Thread):
         curve: Any = None,
     ) -> None:
         super().__init__(name="alto-control", daemon=True)
-        self.curve = curve  # alto_bus.keys.CurveClient: an authenticated link to the broker
+        self.curve = curve  # alto_bus.net.curve.CurveClient: an authenticated link to the broker
         self.ctx = ctx
         self.broker = broker
         self.deliver = deliver
