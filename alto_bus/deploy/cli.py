@@ -127,6 +127,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
         payload = json.loads(args.payload)
     except json.JSONDecodeError as exc:
         print(f"error: the payload is not JSON: {exc}", file=sys.stderr)
+        if not args.payload.lstrip().startswith(("{", "[", '"')):
+            # The shell ate the quotes: 'hello' reaches us as hello, which is not JSON text.
+            print(f"hint: a text request is a JSON string; quote it twice: alto submit ... "
+                  f"'{json.dumps(args.payload)}'", file=sys.stderr)
         return 2
     try:
         curve = _curve(args)

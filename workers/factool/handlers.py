@@ -142,6 +142,9 @@ def build_verdict(group: Iterable[Any]) -> dict[str, Any]:
     claims = []
     for item in _in_path_order(group):
         factual, reason = parse_verdict(item.get("verdict", ""))
+        if factual is None and not reason:
+            reason = (f"the verifier's output holds no verdict ({str(item.get('verdict', ''))[:60]!r}); "
+                      f"on the sim engine, a question outside the bundled workload gets filler text")
         claims.append({"claim": item.get("claim", ""), "factual": factual, "reason": reason,
                        "evidence": list(item.get("passages", []))})
     n_false = sum(c["factual"] is False for c in claims)

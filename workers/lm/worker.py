@@ -40,13 +40,17 @@ class Template:
         self.text = text
         self.fields = tuple(sorted({f for _, f, _, _ in string.Formatter().parse(text) if f}))
 
-    def render(self, item: Any) -> str:
+    def as_map(self, item: Any) -> dict:
+        """The item as a map of the prompt's fields: a bare value fills a one-field prompt
+        (a request "Who wrote Hamlet?" to a prompt on {question} is {"question": ...})."""
         if isinstance(item, dict):
-            values = item
-        elif len(self.fields) == 1:
-            values = {self.fields[0]: item}
-        else:
-            raise PromptError(f"the prompt needs fields {list(self.fields)}; the item is not a map: {item!r:.80}")
+            return item
+        if len(self.fields) == 1:
+            return {self.fields[0]: item}
+        raise PromptError(f"the prompt needs a map with the fields {list(self.fields)}; got {item!r:.80}")
+
+    def render(self, item: Any) -> str:
+        values = self.as_map(item)
         for f in self.fields:
             v = values.get(f)
             if v is None:
@@ -107,6 +111,8 @@ class LMStage(StageLogic):
 
     async def _generate(self, path: list, item: Any, epoch: int) -> None:
         try:
+            if self.output_field is not None:
+                item = self.template.as_map(item)  # so the outputs carry their input along
             prompt = self.template.render(item)
         except PromptError as exc:
             self.out.error(path, f"cannot take item {path[1:]}: {exc}", epoch)
