@@ -14,7 +14,6 @@ import itertools
 import logging
 import os
 import queue
-import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -26,6 +25,7 @@ import zmq
 
 from alto_bus.protocol import wire
 from alto_bus.net.sockets import make_socket
+from alto_bus.net.waker import Waker
 
 log = logging.getLogger("alto.client")
 
@@ -98,8 +98,7 @@ class Client:
         self._pending: dict[int, _Pending] = {}
         self._lock = threading.Lock()
         self._outbox: queue.SimpleQueue[bytes] = queue.SimpleQueue()
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
+        self._waker = Waker()  # the I/O thread sleeps in poll until there is work
         self._closed = False
         self._packer = msgpack.Packer(use_bin_type=True, autoreset=True)
         self._thread = threading.Thread(target=self._io, name="alto-client", daemon=True)
@@ -136,7 +135,7 @@ class Client:
         with self._lock:
             self._pending[cid] = _Pending(fut, stream, time.monotonic() + timeout + GRACE)
         self._outbox.put(msg)
-        self._wake()
+        self._waker.wake()
         return fut
 
     def in_flight(self) -> int:
@@ -148,20 +147,13 @@ class Client:
             return
         self._closed = True
         self._outbox.put(self._packer.pack([wire.BYE]))
-        self._wake()
+        self._waker.wake()
         self._thread.join(5)
-        self._wake_r.close()
-        self._wake_w.close()
+        self._waker.close()
         with self._lock:
             pending, self._pending = self._pending, {}
         for p in pending.values():
             self._finish(p, error=RequestError("client", "the client was closed before the result arrived"))
-
-    def _wake(self) -> None:
-        try:
-            self._wake_w.send(b"x")
-        except OSError:
-            pass
 
     # -- the I/O thread ----------------------------------------------------------------
 
@@ -172,7 +164,7 @@ class Client:
                            identity=f"c-{os.getpid()}-{os.urandom(6).hex()}".encode())
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
-        poller.register(self._wake_r.fileno(), zmq.POLLIN)
+        poller.register(self._waker.fileno(), zmq.POLLIN)
         header = self._packer.pack(wire.VERSION)
         try:
             while True:
@@ -188,12 +180,8 @@ class Client:
                     if self._closed:
                         return
                 events = dict(poller.poll(1000))
-                if self._wake_r.fileno() in events:
-                    try:
-                        while self._wake_r.recv(4096):
-                            pass
-                    except (BlockingIOError, OSError):
-                        pass
+                if self._waker.fileno() in events:
+                    self._waker.clear()
                 if sock in events:
                     self._receive(sock)
                 self._expire()

@@ -29,7 +29,14 @@ import operator as _op
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from alto_bus.protocol.ancestry import AncestryError, GroupTracker, Path
+from alto_bus.protocol.ancestry import (
+    AncestryError,
+    GroupError,
+    GroupTracker,
+    Path,
+    forget_requests,
+    requests_of,
+)
 
 Item = tuple[Path, Any]
 
@@ -49,16 +56,12 @@ class _Dropped:
 DROPPED: Any = _Dropped()
 
 
-class AggregateError(ValueError):
+class AggregateError(GroupError):
     """A group (or item) that cannot produce an output; its state is already freed.
 
     ``path`` is the group's path (or the item's, for per-item operators and items that
     belong to no group): the caller reports an ERROR for that request.
     """
-
-    def __init__(self, path: Path, message: str) -> None:
-        super().__init__(message)
-        self.path = path
 
 
 # -- operators ------------------------------------------------------------------------
@@ -110,35 +113,32 @@ class Count(Operator):
         return len(items)
 
 
-class Sum(Operator):
-    name = "sum"
+class _FieldReduction(Operator):
+    """One builtin reduction over a field of every item (the whole item without a field)."""
+
+    reduce: Callable[[Iterable[Any]], Any]
 
     def __init__(self, field: str | None = None) -> None:
         self.get = _field_getter(field)
 
     def group(self, items: list[Item], group: Path) -> Any:
         # Path order, so float sums do not depend on arrival order.
-        return sum((self.get(payload) for _, payload in items), 0)
+        return self.reduce(self.get(payload) for _, payload in items)
 
 
-class AllTrue(Operator):
+class Sum(_FieldReduction):
+    name = "sum"
+    reduce = staticmethod(sum)
+
+
+class AllTrue(_FieldReduction):
     name = "all"
-
-    def __init__(self, field: str | None = None) -> None:
-        self.get = _field_getter(field)
-
-    def group(self, items: list[Item], group: Path) -> bool:
-        return all(self.get(payload) for _, payload in items)
+    reduce = staticmethod(all)
 
 
-class AnyTrue(Operator):
+class AnyTrue(_FieldReduction):
     name = "any"
-
-    def __init__(self, field: str | None = None) -> None:
-        self.get = _field_getter(field)
-
-    def group(self, items: list[Item], group: Path) -> bool:
-        return any(self.get(payload) for _, payload in items)
+    reduce = staticmethod(any)
 
 
 class TopK(Operator):
@@ -399,15 +399,11 @@ class Aggregator:
 
     def cancel(self, rids: Iterable[int]) -> list[Path]:
         """Free the open groups of these requests (failed, cancelled); return them."""
-        rids = set(rids)
-        gone = [root for root in self._groups if root[0] in rids]
-        for root in gone:
-            del self._groups[root]
-        return gone
+        return forget_requests(self._groups, rids)
 
     def held(self) -> set[int]:
         """Request ids with an open group (what a failure of this instance loses)."""
-        return {root[0] for root in self._groups}
+        return requests_of(self._groups)
 
     def open_groups(self) -> list[dict[str, Any]]:
         """For diagnostics: each open group, the items it holds and what it waits on."""

@@ -8,65 +8,37 @@ path, so aggregations nest. Markers above the key depth are forwarded unchanged.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
-from alto_bus.runtime.stage import StageLogic
+from alto_bus.runtime.stage import KeyedStage, StageLogic
 from alto_bus.deploy.topology import StageConfig, TopologyError
 from alto_bus.runtime.kinds import REQUIRED, StageKind
-from alto_bus.protocol.wire import join_chunks
-from alto_workers.aggregate import DROPPED, AggregateError, Aggregator, make_operator
+from alto_workers.aggregate import DROPPED, Aggregator, make_operator
 from alto_workers.barrier import BarrierStage
 
 
-class AggregateStage(StageLogic):
+class AggregateStage(KeyedStage):
+    """Feeds the aggregator whole items and markers; emits one item per completed group."""
+
     def __init__(self, key_depth: int, op: str, options: dict | None = None) -> None:
         self.agg = Aggregator(key_depth, make_operator(op, options or {}))
-        self._chunks: dict[tuple, list] = {}
+        super().__init__(self.agg)
 
-    def on_data(self, path: list, seq: int, payload: Any, final: bool, epoch: int) -> None:
-        if not final:  # a streamed item joins its group whole
-            self._chunks.setdefault(tuple(path), []).append(payload)
-            return
-        if self._chunks and (chunks := self._chunks.pop(tuple(path), None)) is not None:
-            chunks.append(payload)
-            payload = join_chunks(chunks)
-        self._run(self.agg.data, epoch, path, payload)
+    def on_item(self, path: list, payload: Any, epoch: int) -> None:
+        self._emit(self.guarded(self.agg.data, epoch, path, payload), epoch)
 
-    def on_end(self, path: list, n: int, epoch: int) -> None:
-        if self.agg.passes_through(path):
-            self.out.end(path, n, epoch)
-        else:
-            self._run(self.agg.end, epoch, path, n)
+    def on_group_end(self, path: list, n: int, epoch: int) -> None:
+        self._emit(self.guarded(self.agg.end, epoch, path, n), epoch)
 
-    def on_drop(self, path: list, epoch: int) -> None:
-        if self.agg.passes_through(path):
-            self.out.drop(path, epoch)
-        else:
-            self._run(self.agg.drop, epoch, path)
+    def on_group_drop(self, path: list, epoch: int) -> None:
+        self._emit(self.guarded(self.agg.drop, epoch, path), epoch)
 
-    def _run(self, event: Any, epoch: int, path: list, *args: Any) -> None:
-        try:
-            done = event(path, *args)
-        except AggregateError as exc:
-            self.out.error(list(exc.path), str(exc), epoch)
-            return
+    def _emit(self, done: list[tuple[tuple, Any]], epoch: int) -> None:
         for group, output in done:
             if output is DROPPED:
                 self.out.drop(list(group), epoch)
             else:
                 self.out.data(list(group), 0, output, True, epoch)
-
-    def cancel(self, rids: set[int]) -> None:
-        self.agg.cancel(rids)
-        for p in [p for p in self._chunks if p[0] in rids]:
-            del self._chunks[p]
-
-    def held(self) -> Iterable[int]:
-        return self.agg.held() | {p[0] for p in self._chunks}
-
-    def depth(self) -> int:
-        return len(self.agg)
 
 
 def build_stage(config: StageConfig) -> StageLogic:

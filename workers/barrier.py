@@ -18,21 +18,18 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from alto_bus.protocol.ancestry import AncestryError, GroupTracker, Path
-from alto_bus.runtime.stage import StageLogic
+from alto_bus.protocol.ancestry import (
+    AncestryError, GroupError, GroupTracker, Path, forget_requests, requests_of,
+)
+from alto_bus.runtime.stage import KeyedStage
 from alto_bus.deploy.topology import StageConfig
-from alto_bus.protocol.wire import join_chunks
 
 # A held event: ("data", path, payload, epoch) | ("end", path, n, epoch) | ("drop", path, None, epoch)
 Event = tuple[str, list, Any, int]
 
 
-class BarrierError(ValueError):
+class BarrierError(GroupError):
     """A marker that contradicts the group (its state is already freed); ``path`` is the group's."""
-
-    def __init__(self, path: Path, message: str) -> None:
-        super().__init__(message)
-        self.path = path
 
 
 class _Held(GroupTracker):
@@ -88,48 +85,29 @@ class Barrier:
         return group.events
 
     def cancel(self, rids: Iterable[int]) -> None:
-        rids = set(rids)
-        for root in [r for r in self._groups if r[0] in rids]:
-            del self._groups[root]
+        forget_requests(self._groups, rids)
 
     def held(self) -> set[int]:
-        return {root[0] for root in self._groups}
+        return requests_of(self._groups)
 
 
-class BarrierStage(StageLogic):
+class BarrierStage(KeyedStage):
     """The runtime adapter: streamed items join whole, complete groups are replayed."""
 
     def __init__(self, key_depth: int) -> None:
         self.barrier = Barrier(key_depth)
-        self._chunks: dict[tuple, list] = {}
+        super().__init__(self.barrier)
 
-    def on_data(self, path: list, seq: int, payload: Any, final: bool, epoch: int) -> None:
-        if not final:
-            self._chunks.setdefault(tuple(path), []).append(payload)
-            return
-        if self._chunks and (chunks := self._chunks.pop(tuple(path), None)) is not None:
-            chunks.append(payload)
-            payload = join_chunks(chunks)
-        self._run(self.barrier.data, path, payload, epoch)
+    def on_item(self, path: list, payload: Any, epoch: int) -> None:
+        self._replay(self.guarded(self.barrier.data, epoch, path, payload, epoch))
 
-    def on_end(self, path: list, n: int, epoch: int) -> None:
-        if self.barrier.passes_through(path):
-            self.out.end(path, n, epoch)
-        else:
-            self._run(self.barrier.end, path, n, epoch)
+    def on_group_end(self, path: list, n: int, epoch: int) -> None:
+        self._replay(self.guarded(self.barrier.end, epoch, path, n, epoch))
 
-    def on_drop(self, path: list, epoch: int) -> None:
-        if self.barrier.passes_through(path):
-            self.out.drop(path, epoch)
-        else:
-            self._run(self.barrier.drop, path, epoch)
+    def on_group_drop(self, path: list, epoch: int) -> None:
+        self._replay(self.guarded(self.barrier.drop, epoch, path, epoch))
 
-    def _run(self, event: Any, path: list, *args: Any) -> None:
-        try:
-            released = event(path, *args)
-        except BarrierError as exc:
-            self.out.error(list(exc.path), str(exc), args[-1])
-            return
+    def _replay(self, released: list[Event]) -> None:
         for kind, p, value, epoch in released:
             if kind == "data":
                 self.out.data(p, 0, value, True, epoch)
@@ -137,17 +115,6 @@ class BarrierStage(StageLogic):
                 self.out.end(p, value, epoch)
             else:
                 self.out.drop(p, epoch)
-
-    def cancel(self, rids: set[int]) -> None:
-        self.barrier.cancel(rids)
-        for p in [p for p in self._chunks if p[0] in rids]:
-            del self._chunks[p]
-
-    def held(self) -> Iterable[int]:
-        return self.barrier.held() | {p[0] for p in self._chunks}
-
-    def depth(self) -> int:
-        return len(self.barrier)
 
 
 def build_stage(config: StageConfig) -> BarrierStage:

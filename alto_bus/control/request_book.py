@@ -16,6 +16,7 @@ from typing import Any
 
 from alto_bus.protocol import wire
 from alto_bus.protocol.ancestry import AncestryError, GroupTracker
+from alto_bus.protocol.chunks import PENDING, Chunks
 
 ClientOut = tuple[bytes, list]  # (client identity, client-plane message)
 
@@ -31,7 +32,7 @@ class Request:
     epoch: int
     tracker: GroupTracker
     leaves: dict[tuple, Any] = field(default_factory=dict)
-    partial: dict[tuple, list] = field(default_factory=dict)  # leaves still streaming
+    partial: Chunks = field(default_factory=Chunks)  # leaves still streaming
 
 
 @dataclass
@@ -120,13 +121,9 @@ class Gateway:
         _, _, seq, payload, final, _ = msg[:6]
         if req.stream:
             out.append((req.client, [wire.PARTIAL, req.cid, list(path[1:]), seq, payload, bool(final)]))
-        if not final:
-            req.partial.setdefault(path, []).append(payload)
+        payload = req.partial.feed(path, payload, final)
+        if payload is PENDING:
             return
-        chunks = req.partial.pop(path, None)
-        if chunks is not None:
-            chunks.append(payload)
-            payload = wire.join_chunks(chunks)
         if path in req.leaves:
             raise AncestryError(f"item {list(path)} arrived twice")
         req.leaves[path] = payload

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import stat
 import threading
 import time
@@ -38,6 +37,8 @@ from typing import Any
 import zmq
 import zmq.utils.z85
 from zmq.utils.monitor import parse_monitor_message
+
+from alto_bus.net.waker import Waker
 
 log = logging.getLogger("alto.keys")
 
@@ -317,8 +318,7 @@ class Guard(threading.Thread):
         self.refused: Counter[str] = Counter()       # label -> refusals
         self.accepted: Counter[str] = Counter()
         self._pending: list[tuple[str, str, bool]] = []
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
+        self._waker = Waker()  # a socket to watch was queued: the guard's poll takes it
         self._monitors = 0
         self._logged: dict[tuple[str, str], list[float]] = {}   # (label, reason) -> [last, suppressed]
         self._lock2 = threading.Lock()
@@ -340,25 +340,18 @@ class Guard(threading.Thread):
             endpoint = f"inproc://alto-guard-{id(self):x}-{self._monitors}"
             sock.monitor(endpoint, _EVENTS)
             self._pending.append((endpoint, label, server))
-        try:
-            self._wake_w.send(b"x")
-        except OSError:
-            pass
+        self._waker.wake()
 
     def run(self) -> None:
         poller = zmq.Poller()
         poller.register(self.zap, zmq.POLLIN)
-        poller.register(self._wake_r.fileno(), zmq.POLLIN)
+        poller.register(self._waker.fileno(), zmq.POLLIN)
         monitors: dict[zmq.Socket, tuple[str, bool]] = {}
         try:
             while True:
                 events = dict(poller.poll())
-                if self._wake_r.fileno() in events:
-                    try:
-                        while self._wake_r.recv(4096):
-                            pass
-                    except (BlockingIOError, OSError):
-                        pass
+                if self._waker.fileno() in events:
+                    self._waker.clear()
                     with self._lock2:
                         pending, self._pending = self._pending, []
                     for endpoint, label, server in pending:
@@ -380,8 +373,7 @@ class Guard(threading.Thread):
             for mon in monitors:
                 mon.close(linger=0)
             self.zap.close(linger=0)
-            self._wake_r.close()
-            self._wake_w.close()
+            self._waker.close()
 
     def _answer(self) -> None:
         frames = self.zap.recv_multipart()

@@ -15,11 +15,25 @@ nodes, not to its items.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any
+
 Path = tuple[int, ...]
 
 
 class AncestryError(ValueError):
     """A marker that contradicts what the tracker already knows (a protocol violation)."""
+
+
+class GroupError(ValueError):
+    """A group (or item) a keyed stage cannot complete; its state is already freed.
+
+    ``path`` is the group's (or the item's): the stage reports an ERROR for its request.
+    """
+
+    def __init__(self, path: Path, message: str) -> None:
+        super().__init__(message)
+        self.path = path
 
 
 class GroupTracker:
@@ -125,3 +139,22 @@ class GroupTracker:
         if not rows:
             rows.append((list(self.root), -1, 0))
         return rows
+
+
+# -- state kept per path, owned by requests -----------------------------------------------
+# A stage's state (open groups, items still streaming) is a dict keyed by path; a path's
+# first element is its request id. These two answer cancel() and held() for any of them.
+
+
+def forget_requests(table: dict[Path, Any], rids: Iterable[int]) -> list[Path]:
+    """Delete the entries of these requests from ``table``; return their paths."""
+    rids = set(rids)
+    gone = [path for path in table if path[0] in rids]
+    for path in gone:
+        del table[path]
+    return gone
+
+
+def requests_of(table: dict[Path, Any]) -> set[int]:
+    """The request ids that own an entry of ``table``."""
+    return {path[0] for path in table}

@@ -22,6 +22,7 @@ import zmq
 
 from alto_bus.protocol import wire
 from alto_bus.net.sockets import make_socket
+from alto_bus.net.waker import Waker
 
 log = logging.getLogger("alto.control")
 
@@ -49,32 +50,25 @@ class ControlLink(threading.Thread):
         self.heartbeat_interval: float | None = None   # set once registered
         self.ready_body: dict | None = None            # re-sent if the broker forgets us
         self._outbox: queue.SimpleQueue[tuple[str, dict]] = queue.SimpleQueue()
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
+        self._waker = Waker()
         self._halt = threading.Event()
         self.last_heard = time.monotonic()
 
     def send(self, op: str, body: dict | None = None) -> None:
         """Queue a message to the broker (any thread)."""
         self._outbox.put((op, body or {}))
-        self._wake()
+        self._waker.wake()
 
     def stop(self) -> None:
         self._halt.set()
-        self._wake()
-
-    def _wake(self) -> None:
-        try:
-            self._wake_w.send(b"x")
-        except OSError:
-            pass  # closed, or the pipe is full and a wake-up is pending anyway
+        self._waker.wake()
 
     def run(self) -> None:
         sock = make_socket(self.ctx, zmq.DEALER, connect=self.broker, identity=self.identity, hwm=10_000,
                            curve=self.curve)
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
-        poller.register(self._wake_r.fileno(), zmq.POLLIN)
+        poller.register(self._waker.fileno(), zmq.POLLIN)
         next_beat = time.monotonic()
         try:
             while not self._halt.is_set():
@@ -85,12 +79,8 @@ class ControlLink(threading.Thread):
                     next_beat = now + self.heartbeat_interval
                 timeout = 0.25 if self.heartbeat_interval is None else max(0.0, next_beat - now)
                 events = dict(poller.poll(timeout * 1000))
-                if self._wake_r.fileno() in events:
-                    try:
-                        while self._wake_r.recv(4096):
-                            pass
-                    except (BlockingIOError, OSError):
-                        pass
+                if self._waker.fileno() in events:
+                    self._waker.clear()
                 if sock in events:
                     self._receive(sock)
                 # Armed once registered: before that the broker owes us nothing (a stage may
@@ -102,8 +92,7 @@ class ControlLink(threading.Thread):
             self._send_queued(sock)  # a last "bye"
         finally:
             sock.close(linger=200)
-            self._wake_r.close()
-            self._wake_w.close()
+            self._waker.close()
 
     def _send_queued(self, sock: zmq.Socket) -> None:
         while True:

@@ -6,6 +6,8 @@ forwarded unchanged by default, so a stage needs no code for ancestry it does no
 change. :class:`FunctionStage` turns any Python callable into a stage: it may return
 one output (the path is kept), return ``None`` (the item is dropped), or yield several
 outputs (children ``path + [i]`` followed by ``END(path, n)``); sync or async.
+:class:`KeyedStage` is the base of the keyed stages that take whole items (aggregate,
+barrier): chunk joining, markers above the key, cancel/held around a pure core.
 """
 
 from __future__ import annotations
@@ -13,10 +15,11 @@ from __future__ import annotations
 import inspect
 import logging
 import types
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, Protocol
 
-from alto_bus.protocol.wire import join_chunks
+from alto_bus.protocol.ancestry import GroupError
+from alto_bus.protocol.chunks import PENDING, Chunks
 
 log = logging.getLogger("alto.stage")
 
@@ -82,17 +85,12 @@ class FunctionStage(StageLogic):
         call = fn if inspect.isfunction(fn) or inspect.ismethod(fn) else getattr(fn, "__call__", fn)
         self.is_async_gen = inspect.isasyncgenfunction(call)
         self.is_async = inspect.iscoroutinefunction(call)
-        self._chunks: dict[tuple, list] = {}
+        self._chunks = Chunks()
 
     def on_data(self, path: list, seq: int, payload: Any, final: bool, epoch: int) -> None:
-        if not final:
-            self._chunks.setdefault(tuple(path), []).append(payload)
+        payload = self._chunks.feed(path, payload, final)
+        if payload is PENDING:
             return
-        if self._chunks:
-            chunks = self._chunks.pop(tuple(path), None)
-            if chunks is not None:
-                chunks.append(payload)
-                payload = join_chunks(chunks)
         if self.is_async_gen:
             self.out.spawn(path[0], self._run_async_gen(path, payload, epoch))
         elif self.is_async:
@@ -117,42 +115,30 @@ class FunctionStage(StageLogic):
             self.out.data(path, 0, result, True, epoch)
 
     def _fan_out(self, path: list, gen: Iterable[Any], epoch: int) -> None:
-        n = 0
-        try:
-            for child in gen:
-                self.out.data([*path, n], 0, child, True, epoch)
-                n += 1
-        except Exception as exc:
-            self._fail(path, exc, epoch)
-            return
-        self.out.end(path, n, epoch)
+        with _Children(self, path, epoch) as child:
+            for output in gen:
+                child(output)
 
     async def _run_async(self, path: list, payload: Any, epoch: int) -> None:
-        try:
-            result = await self.fn(payload)
-        except Exception as exc:
-            self._fail(path, exc, epoch)
-            return
-        self._emit(path, result, epoch)
+        await self._settle(path, lambda: self.fn(payload), epoch)
 
     async def _await_result(self, path: list, awaitable: Awaitable[Any], epoch: int) -> None:
+        await self._settle(path, lambda: awaitable, epoch)
+
+    async def _settle(self, path: list, call: Callable[[], Awaitable[Any]], epoch: int) -> None:
+        # ``call`` is inside the try: calling an async handler with the wrong arguments
+        # raises there, and that is the handler's error, not the runtime's.
         try:
-            result = await awaitable
+            result = await call()
         except Exception as exc:
             self._fail(path, exc, epoch)
             return
         self._emit(path, result, epoch)
 
     async def _run_async_gen(self, path: list, payload: Any, epoch: int) -> None:
-        n = 0
-        try:
-            async for child in self.fn(payload):
-                self.out.data([*path, n], 0, child, True, epoch)
-                n += 1
-        except Exception as exc:
-            self._fail(path, exc, epoch)
-            return
-        self.out.end(path, n, epoch)
+        with _Children(self, path, epoch) as child:
+            async for output in self.fn(payload):
+                child(output)
 
     def _fail(self, path: list, exc: Exception, epoch: int) -> None:
         log.warning("stage %s: handler raised on item %s: %s", self.out.stage, path, describe(exc),
@@ -160,8 +146,108 @@ class FunctionStage(StageLogic):
         self.out.error(path, f"handler raised {describe(exc)}", epoch)
 
     def held(self) -> Iterable[int]:
-        return {p[0] for p in self._chunks}
+        return self._chunks.held()
 
     def cancel(self, rids: set[int]) -> None:
-        for p in [p for p in self._chunks if p[0] in rids]:
-            del self._chunks[p]
+        self._chunks.cancel(rids)
+
+
+class _Children:
+    """The outputs of one fanned-out item: numbered children, then END with their count.
+
+    Used as ``with _Children(...) as child:`` around the loop over a handler's sync or
+    async generator; a handler that raises mid-way fails the item instead (the children
+    already sent stay sent, and no END follows).
+    """
+
+    __slots__ = ("stage", "path", "epoch", "n")
+
+    def __init__(self, stage: FunctionStage, path: list, epoch: int) -> None:
+        self.stage = stage
+        self.path = path
+        self.epoch = epoch
+        self.n = 0
+
+    def __enter__(self) -> Callable[[Any], None]:
+        return self.add
+
+    def add(self, output: Any) -> None:
+        self.stage.out.data([*self.path, self.n], 0, output, True, self.epoch)
+        self.n += 1
+
+    def __exit__(self, kind: type | None, exc: BaseException | None, tb: Any) -> bool:
+        if exc is None:
+            self.stage.out.end(self.path, self.n, self.epoch)
+            return False
+        if not isinstance(exc, Exception):
+            return False  # cancellation, exit: not the handler's failure
+        self.stage._fail(self.path, exc, self.epoch)
+        return True
+
+
+class Groups(Protocol):
+    """What a keyed stage's pure core (an aggregator, a barrier) says about its groups."""
+
+    def passes_through(self, path: Sequence[int]) -> bool: ...
+    def cancel(self, rids: Iterable[int]) -> object: ...
+    def held(self) -> set[int]: ...
+    def __len__(self) -> int: ...
+
+
+class KeyedStage(StageLogic):
+    """A keyed stage that takes whole items (the adapter of an aggregator or a barrier).
+
+    It joins streamed items before they reach the groups, forwards END/DROP markers
+    above the key depth (they belong to no group here), reports a group the core
+    rejects as an ERROR of its request, and answers cancel/held/depth for the groups
+    and the items still streaming. Subclasses say what an item, an END and a DROP do
+    to their groups (:meth:`on_item`, :meth:`on_group_end`, :meth:`on_group_drop`).
+    """
+
+    def __init__(self, groups: Groups) -> None:
+        self.groups = groups
+        self._chunks = Chunks()
+
+    def on_data(self, path: list, seq: int, payload: Any, final: bool, epoch: int) -> None:
+        item = self._chunks.feed(path, payload, final)
+        if item is not PENDING:
+            self.on_item(path, item, epoch)
+
+    def on_end(self, path: list, n: int, epoch: int) -> None:
+        if self.groups.passes_through(path):
+            self.out.end(path, n, epoch)
+        else:
+            self.on_group_end(path, n, epoch)
+
+    def on_drop(self, path: list, epoch: int) -> None:
+        if self.groups.passes_through(path):
+            self.out.drop(path, epoch)
+        else:
+            self.on_group_drop(path, epoch)
+
+    def on_item(self, path: list, payload: Any, epoch: int) -> None:
+        raise NotImplementedError
+
+    def on_group_end(self, path: list, n: int, epoch: int) -> None:
+        raise NotImplementedError
+
+    def on_group_drop(self, path: list, epoch: int) -> None:
+        raise NotImplementedError
+
+    def guarded(self, event: Callable[..., list], epoch: int, *args: Any) -> list:
+        """``event(*args)``; a group it breaks (its state freed) becomes an ERROR, and []."""
+        try:
+            return event(*args)
+        except GroupError as exc:
+            self.out.error(list(exc.path), str(exc), epoch)
+            return []
+
+    def cancel(self, rids: set[int]) -> None:
+        self.groups.cancel(rids)
+        self._chunks.cancel(rids)
+
+    def held(self) -> Iterable[int]:
+        return self.groups.held() | self._chunks.held()
+
+    def depth(self) -> int:
+        return len(self.groups)
