@@ -2,9 +2,11 @@
 
 Sockets (each owned by this loop alone):
   control ROUTER  <- worker DEALERs: hello/ready/heartbeat/leave/bye; status, shutdown
-  gateway ROUTER  <- client DEALERs: submit/cancel/bye; results back by identity
-  results PULL    <- the last stage's instances (and ERRORs from any stage)
+  gateway ROUTER, results PULL: alto_bus.control.gateway (clients in, answers out)
   PUSH per entry-stage instance: requests into the pipeline
+
+What departed instances leave to fail is kept by alto_bus.control.failure_ledger (pure);
+this module only feeds it events and sends the failures it returns.
 
 The broker is never in the token path between stages: it admits requests, collects
 results, and publishes routing tables (an epoch per membership change) and loads.
@@ -18,6 +20,7 @@ import random
 import signal
 import socket
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import zmq
@@ -25,9 +28,14 @@ import zmq
 from alto_bus.net import curve as keys
 from alto_bus.protocol import wire
 from alto_bus.control.request_book import ClientOut, Gateway
+from alto_bus.control.gateway import GatewaySockets
+from alto_bus.control.pool_setup import make_pools
+from alto_bus.control.socket_drain import BadFrames, drain_routed
+from alto_bus.control.failure_ledger import Departure, Failure, FailureLedger
 from alto_bus.control.membership import Instance, Membership
-from alto_bus.scheduling.pool_scheduler import PoolScheduler
-from alto_bus.routing.choice import LoadView, pow2_choice
+from alto_bus.routing.choice import LoadView
+from alto_bus.routing.route_table import choose_instance
+from alto_bus.routing.sent_ids import SentIds
 from alto_bus.routing.pool_route import PoolRoute
 from alto_bus.scheduling import make_policy
 from alto_bus.net.sockets import advertised, bound_address, make_socket
@@ -46,11 +54,35 @@ class EntryLink:
         self.sock = sock
         self.batch = wire.FrameBuilder(stage)
         self.backlog: list[bytes] = []
-        self.sent_rids: list[int] = []   # requests sent since its last heartbeat
-        self.prev_rids: list[int] = []   # and in the interval before (that heartbeat may predate them)
-        # Sent earlier and not ended yet. Time does not prove the instance took them: under
-        # load they wait in its inbox, out of its "held" reports, for as long as the queue is.
-        self.older: dict[int, None] = {}
+        # Requests sent there: since its last heartbeat, and in the interval before (that
+        # heartbeat may predate them); then "older" (see alto_bus.routing.sent_ids).
+        self.sent = SentIds(window=2)
+
+    # The names the heartbeat, tick and loss code of the broker read: views of ``sent``.
+    @property
+    def sent_rids(self) -> set[int]:
+        return self.sent.recent[-1]
+
+    @sent_rids.setter
+    def sent_rids(self, rids: Iterable[int]) -> None:
+        self.sent.recent[-1] = set(rids)
+
+    @property
+    def prev_rids(self) -> set[int]:
+        recent = self.sent.recent
+        return recent[0] if len(recent) > 1 else set()
+
+    @prev_rids.setter
+    def prev_rids(self, rids: Iterable[int]) -> None:
+        recent = self.sent.recent
+        if len(recent) > 1:
+            recent[0] = set(rids)
+        else:
+            recent.appendleft(set(rids))
+
+    @property
+    def older(self) -> dict[int, None]:
+        return self.sent.older
 
 
 # Frames parked on an entry link before the gateway refuses new requests for it.
@@ -68,9 +100,7 @@ class Broker:
         self.members = Membership(self.stage_names, cfg.heartbeat_interval, cfg.heartbeat_liveness, keyed)
         self.gateway = Gateway(cfg.request_timeout, cfg.max_inflight)
         self.pool_of = {s: p.name for p in topology.pools for s in p.stages}
-        self.pools = {p.name: PoolScheduler(p.name, p.policy, dict(p.policy_args or {}), p.stages,
-                                            _prefix_tokens(topology, p.stages))
-                      for p in topology.pools}
+        self.pools = make_pools(topology)
         self._next_round = 0.0
         # An entry stage on a pool is routed by the pool's policy, like any other prompt
         # of the pool: else the placement would assume a load that goes elsewhere.
@@ -83,32 +113,18 @@ class Broker:
         self.loads = LoadView()
         self.rng = random.Random(0x5EED)
         self.host = socket.gethostname()
-        self.bad_frames = 0
+        self.bad = BadFrames(log)
         self.stopping = False
         self.entries: dict[int, EntryLink] = {}
-        # Links of instances out of the routing table but still members (draining): what was
-        # sent to them still counts if they die or leave before finishing.
-        self.retired: dict[int, EntryLink] = {}
         self.curve = keys.topology_curve(topology, "broker")  # [security]: CURVE on every socket; None: plain
-        self.gone: dict[int, tuple[Instance, str]] = {}  # instances that died or left, newest last (for "lost")
-        self.suspect: list[tuple[float, int, list[int]]] = []  # "lost" reports: (when to fail, iid, rids)
-        # Requests that sent items to an instance that died, longer ago than the senders' recent
-        # window: when due, failed unless they ended or a live instance reports holding them.
-        self.doubtful: dict[int, tuple[float, int]] = {}  # rid -> (when to check, iid)
+        # Instances retired, suspected or gone, and what each leaves to settle.
+        self.ledger = FailureLedger(cfg.heartbeat_interval * cfg.heartbeat_liveness)
         self.control = make_socket(self.ctx, zmq.ROUTER, bind=cfg.control,
                                    options={zmq.ROUTER_MANDATORY: 1},
                                    curve=self.curve and self.curve.server("broker control"))
-        self.clients = make_socket(self.ctx, zmq.ROUTER, bind=cfg.gateway, hwm=200_000,
-                                   options={zmq.ROUTER_MANDATORY: 1},
-                                   curve=self.curve and self.curve.server("gateway"))
-        self.results = make_socket(self.ctx, zmq.PULL, bind=cfg.results, hwm=10_000,
-                                   curve=self.curve and self.curve.server("gateway results"))
-        self.addresses = {
-            "control": advertised(bound_address(self.control), cfg.advertise),
-            "gateway": advertised(bound_address(self.clients), cfg.advertise),
-            "results": advertised(bound_address(self.results), cfg.advertise),
-        }
-        self._client_out: dict[bytes, list[list]] = {}
+        self.gateway_io = GatewaySockets(self.ctx, cfg, self.curve, self.gateway, self._submit, self.bad)
+        self.addresses = {"control": advertised(bound_address(self.control), cfg.advertise),
+                          **self.gateway_io.addresses}
         self._next_tick = 0.0
         self.ticks = 0
 
@@ -116,7 +132,7 @@ class Broker:
 
     def serve(self) -> None:
         poller = zmq.Poller()
-        for sock in (self.control, self.clients, self.results):
+        for sock in (self.control, *self.gateway_io.sockets):
             poller.register(sock, zmq.POLLIN)
         log.info("broker up: control %s gateway %s results %s",
                  self.addresses["control"], self.addresses["gateway"], self.addresses["results"])
@@ -125,20 +141,15 @@ class Broker:
                 now = time.monotonic()
                 timeout = max(0.0, self._next_wake(now) - now)
                 events = dict(poller.poll(timeout * 1000))
-                if self.results in events:
-                    self._drain(self.results, self._on_results)
-                if self.clients in events:
-                    self._drain_router(self.clients, self._on_client)
+                self.gateway_io.on_ready(events)
                 if self.control in events:
-                    self._drain_router(self.control, self._on_control)
+                    drain_routed(self.control, self._on_control, self.bad)
                 now = time.monotonic()
                 if now >= self._next_tick:
                     self._tick(now)
-                out: list[ClientOut] = []
-                self.gateway.expire(now, out)
-                self._queue_client(out)
+                self.gateway_io.expire(now)
                 self._flush_entries()
-                self._flush_clients()
+                self.gateway_io.flush()
                 if self.gateway.cancelled:
                     self._broadcast_cancels()
         finally:
@@ -149,33 +160,14 @@ class Broker:
         deadline = self.gateway.next_deadline()
         if deadline is not None:
             wake = min(wake, deadline)
-        if any(link.backlog for link in self.entries.values()) or self._client_out:
+        if any(link.backlog for link in self.entries.values()) or self.gateway_io.pending:
             wake = min(wake, now + 0.001)
         return wake
 
-    def _drain(self, sock: zmq.Socket, handle: Any, limit: int = 1000) -> None:
-        for _ in range(limit):
-            try:
-                frame = sock.recv(zmq.NOBLOCK, copy=True)
-            except zmq.Again:
-                return
-            handle(frame)
-
-    def _drain_router(self, sock: zmq.Socket, handle: Any, limit: int = 1000) -> None:
-        for _ in range(limit):
-            try:
-                parts = sock.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            if len(parts) != 2:
-                self._bad(f"{len(parts)}-part message on a ROUTER socket (expected identity + frame)")
-                continue
-            handle(parts[0], parts[1])
-
-    def _bad(self, what: str) -> None:
-        self.bad_frames += 1
-        if self.bad_frames <= 20 or self.bad_frames % 1000 == 0:
-            log.warning("dropped a malformed frame (%d so far): %s", self.bad_frames, what)
+    @property
+    def _client_out(self) -> dict[bytes, list[list]]:
+        """Answers queued for clients, not sent yet (what tests driving the broker read)."""
+        return self.gateway_io.pending
 
     # -- control plane -----------------------------------------------------------------
 
@@ -189,18 +181,18 @@ class Broker:
         try:
             op, body = wire.decode_control(frame)
         except wire.WireError as exc:
-            self._bad(f"control: {exc}")
+            self.bad(f"control: {exc}")
             return
         now = time.monotonic()
         handler = getattr(self, f"_op_{op}", None)
         if handler is None:
-            self._bad(f"control: unknown op {op!r}")
+            self.bad(f"control: unknown op {op!r}")
             self._send_control(identity, "error", {"reason": f"unknown op {op!r}"})
             return
         try:
             handler(identity, body, now)
         except (KeyError, TypeError, ValueError) as exc:
-            self._bad(f"control op {op!r} with a bad body: {exc!r}")
+            self.bad(f"control op {op!r} with a bad body: {exc!r}")
             self._send_control(identity, "error", {"reason": f"bad {op!r} message: {exc!r}"})
 
     def _op_hello(self, identity: bytes, body: dict, now: float) -> None:
@@ -253,7 +245,7 @@ class Broker:
             pool = self.pool_of.get(prompt)
             if pool is not None:
                 self.pools[pool].note_spills({prompt: by_member})
-        link = self.entries.get(inst.iid) or self.retired.get(inst.iid)
+        link = self.entries.get(inst.iid) or self.ledger.retired_link(inst.iid)
         if link is not None:
             requests = self.gateway.requests
             link.older.update(dict.fromkeys(r for r in link.prev_rids if r in requests))
@@ -270,60 +262,28 @@ class Broker:
         """A sender's request ids whose items went to an instance that died: failed (never a hang)
         unless the instance proves alive within ``liveness`` heartbeats (it was only slow: it
         registers again, and what it was sent completes)."""
-        wait = self.cfg.heartbeat_interval * self.cfg.heartbeat_liveness
-        iid = int(body["iid"])
-        self.suspect.append((now + wait, iid, [int(r) for r in body["rids"]]))
-        # Sent before the sender's recent window: the instance may have taken them and passed
-        # them on long ago, or they may have waited in its inbox all along (no heartbeat of
-        # its named them). Checked when due: failed unless they ended or live work holds them.
-        for rid in body.get("older", ()):
-            self.doubtful.setdefault(int(rid), (now + wait, iid))
-
-    def _lost_to(self, iid: int) -> tuple[str, str] | None:
-        """(stage, error message) for requests whose items went to dead instance ``iid``;
-        None if it came back (it was alive, and it has those items)."""
-        inst, why = self.gone.get(iid, (None, "died"))
-        if inst is not None and inst.identity in self.members.by_identity:
-            return None
-        stage = inst.stage if inst is not None else "?"
-        where = f" (pid {inst.pid} on {inst.host})" if inst is not None else ""
-        return stage, f"instance {iid} of stage {stage!r}{where} {why}; items of this request were sent to it"
+        self.ledger.reported_lost(int(body["iid"]), body["rids"], now, body.get("older", ()))
 
     def _settle_lost(self, now: float) -> None:
-        out: list[ClientOut] = []
-        while self.suspect and self.suspect[0][0] <= now:
-            _, iid, rids = self.suspect.pop(0)
-            lost = self._lost_to(iid)
-            if lost is None:
-                continue
-            failed = sum(self.gateway.fail(rid, lost[0], lost[1], out) for rid in rids)
-            if failed:
-                log.error("failed %d request(s) whose items were on their way to instance %d", failed, iid)
-        if self.doubtful:
-            self._settle_doubtful(now, out)
-        self._queue_client(out)
-
-    def _settle_doubtful(self, now: float, out: list[ClientOut]) -> None:
-        requests = self.gateway.requests
-        due = [rid for rid, (when, _) in self.doubtful.items() if when <= now or rid not in requests]
-        if not due:
+        if not self.ledger.records:
             return
-        held: set[int] = set()
-        for inst in self.members.instances.values():
-            held.update(inst.held)
-        failed: dict[int, int] = {}
-        for rid in due:
-            if rid in requests and rid in held:
-                continue  # live work on it: checked again next tick
-            _, iid = self.doubtful.pop(rid)
-            if rid not in requests:
-                continue  # it ended: its items got through
-            lost = self._lost_to(iid)
-            if lost is not None and self.gateway.fail(rid, lost[0], lost[1], out):
-                failed[iid] = failed.get(iid, 0) + 1
-        for iid, n in failed.items():
-            log.error("failed %d request(s) that sent items to instance %d and were not finished by anyone "
-                      "live", n, iid)
+        failures = self.ledger.settle(now, self.gateway.requests, self.members.by_identity, self._held)
+        self._fail(failures, "failed %d request(s) whose items were on their way to instance %d")
+
+    def _held(self) -> set[int]:
+        """Every request id a live instance reported holding in its last heartbeat."""
+        return {rid for inst in self.members.instances.values() for rid in inst.held}
+
+    def _fail(self, failures: list[Failure], what: str) -> None:
+        """Fail each request once with its ledger's message; one log line per instance."""
+        out: list[ClientOut] = []
+        counts: dict[int, int] = {}
+        for f in failures:
+            if self.gateway.fail(f.rid, f.stage, f.message, out):
+                counts[f.iid] = counts.get(f.iid, 0) + 1
+        for iid, n in counts.items():
+            log.error(what, n, iid)
+        self.gateway_io.queue(out)
 
     def _op_bye(self, identity: bytes, body: dict, now: float) -> None:
         iid = self.members.by_identity.get(identity)
@@ -343,28 +303,14 @@ class Broker:
         self.stopping = True
 
     def status(self) -> dict[str, Any]:
-        stages = {}
-        for name in self.stage_names:
-            cfg = self.topology.stage(name)
-            insts = [i for i in self.members.instances.values() if i.stage == name]
-            stages[name] = {
-                "replicas": cfg.replicas,
-                "instances": [{"iid": i.iid, "pid": i.pid, "host": i.host, "address": i.address,
-                               "depth": i.depth, "draining": i.draining, "stats": i.stats}
-                              for i in sorted(insts, key=lambda i: i.iid)],
-            }
-        g = self.gateway.stats
-        pools = {n: p.status() for n, p in self.pools.items()}
+        replicas = {name: self.topology.stage(name).replicas for name in self.stage_names}
         return {
-            "pools": pools,
+            "pools": {n: p.status() for n, p in self.pools.items()},
             "epoch": self.members.epoch,
             "ticks": self.ticks,
             "addresses": self.addresses,
-            "stages": stages,
-            "gateway": {"in_flight": len(self.gateway.requests), "clients": len(self.gateway.by_client),
-                        "admitted": g.admitted, "completed": g.completed, "failed": g.failed,
-                        "rejected": g.rejected, "late_messages": g.late_messages,
-                        "bad_frames": self.bad_frames + g.bad_messages},
+            "stages": self.members.status(replicas),
+            "gateway": self.gateway_io.status(),
         }
 
     def _membership_changed(self) -> None:
@@ -382,9 +328,8 @@ class Broker:
                 link = self.entries.pop(iid)
                 link.sock.close(linger=0)
                 if iid in self.members.instances:
-                    self.retired[iid] = link
-        for iid in [i for i in self.retired if i not in self.members.instances]:
-            del self.retired[iid]  # gone: what it was sent was settled then (_fail_held)
+                    self.ledger.retired_from_routing(iid, link)
+        self.ledger.left_membership(self.members.instances)
         for iid, address in want.items():
             if iid not in self.entries:
                 sock = make_socket(self.ctx, zmq.PUSH, connect=address, immediate=True,
@@ -396,7 +341,7 @@ class Broker:
         self.ticks += 1
         ended, self.gateway.ended = self.gateway.ended, []
         if ended:
-            for link in [*self.entries.values(), *self.retired.values()]:
+            for link in [*self.entries.values(), *self.ledger.retired.values()]:
                 if link.older:
                     for rid in ended:
                         link.older.pop(rid, None)
@@ -451,27 +396,18 @@ class Broker:
             "pool": pool.to_dict(), "stages": {s: self.topology.stage(s).to_dict() for s in pool.stages}})
 
     def _fail_held(self, inst: Instance | None, why: str) -> None:
+        """``inst`` died or left: fail what it held and what the gateway sent it lately."""
         if inst is None:
             return
-        rids = set(inst.held)
-        link = self.entries.get(inst.iid) or self.retired.pop(inst.iid, None)
+        recent: set[int] = set()
+        older: Iterable[int] = ()
+        link = self.entries.get(inst.iid) or self.ledger.retired_link(inst.iid)
         if link is not None:
-            rids.update(link.sent_rids)
-            rids.update(link.prev_rids)
-            wait = self.cfg.heartbeat_interval * self.cfg.heartbeat_liveness
-            now = time.monotonic()
-            for rid in link.older:  # possibly still waiting in its inbox: see _settle_doubtful
-                if rid not in rids:
-                    self.doubtful.setdefault(rid, (now + wait, inst.iid))
-        out: list[ClientOut] = []
-        message = f"instance {inst.iid} of stage {inst.stage!r} (pid {inst.pid} on {inst.host}) {why}"
-        self.gone[inst.iid] = (inst, why)
-        while len(self.gone) > 10_000:
-            del self.gone[next(iter(self.gone))]
-        failed = sum(self.gateway.fail(rid, inst.stage, message, out) for rid in rids)
-        if failed:
-            log.error("failed %d request(s) held by instance %d", failed, inst.iid)
-        self._queue_client(out)
+            recent = link.sent_rids | link.prev_rids
+            older = link.older
+        departure = Departure(inst.stage, inst.pid, inst.host, inst.identity, why)
+        failures = self.ledger.departed(inst.iid, departure, time.monotonic(), inst.held, recent, older)
+        self._fail(failures, "failed %d request(s) held by instance %d")
 
     def _broadcast_cancels(self) -> None:
         body = {"rids": self.gateway.cancelled}
@@ -484,29 +420,6 @@ class Broker:
             self._send_control(inst.identity, "shutdown", {})
 
     # -- gateway -----------------------------------------------------------------------
-
-    def _on_client(self, identity: bytes, frame: bytes) -> None:
-        try:
-            msgs = wire.decode_client_frame(frame)
-        except wire.WireError as exc:
-            self._bad(f"client: {exc}")
-            return
-        now = time.monotonic()
-        out: list[ClientOut] = []
-        for msg in msgs:
-            if type(msg) is not list or not msg or type(msg[0]) is not int:
-                self._bad(f"client: message {msg!r:.80} is not [op, ...]")
-                continue
-            op = msg[0]
-            if op == wire.SUBMIT and len(msg) >= 5:
-                self._submit(identity, msg, now, out)
-            elif op == wire.CANCEL and len(msg) >= 2:
-                self.gateway.cancel(identity, msg[1], out)
-            elif op == wire.BYE:
-                self.gateway.drop_client(identity)
-            else:
-                self._bad(f"client: unknown op or short message {msg!r:.80}")
-        self._queue_client(out)
 
     def _submit(self, identity: bytes, msg: list, now: float, out: list[ClientOut]) -> None:
         _, cid, payload, stream, timeout = msg[:5]
@@ -530,12 +443,10 @@ class Broker:
         if isinstance(rid, str):
             out.append((identity, [wire.FAILED, cid, "gateway", rid]))
             return
-        iid = self.entry_route.pick() if self.entry_route is not None else None
-        if iid is None or iid not in writable:
-            iid = pow2_choice(writable, self.loads, self.rng)
+        iid = choose_instance(writable, self.loads, self.rng, self.entry_route)
         self.loads.note_sent(iid)
         link = self.entries[iid]
-        link.sent_rids.append(rid)
+        link.sent.add(rid)
         if link.batch.add(wire.data([rid], 0, payload, True, self.members.epoch)) >= self.topology.entry.batch_bytes:
             self._send_entry(link)
 
@@ -554,41 +465,11 @@ class Broker:
             if len(link.batch) or link.backlog:
                 self._send_entry(link)
 
-    def _on_results(self, frame: bytes) -> None:
-        try:
-            _, msgs = wire.decode_frame(frame)
-        except wire.WireError as exc:
-            self._bad(f"results: {exc}")
-            return
-        out: list[ClientOut] = []
-        for msg in msgs:
-            try:
-                self.gateway.on_message(msg, out)
-            except wire.WireError as exc:
-                self._bad(f"results: {exc}")
-        self._queue_client(out)
-
-    def _queue_client(self, out: list[ClientOut]) -> None:
-        for identity, msg in out:
-            self._client_out.setdefault(identity, []).append(msg)
-
-    def _flush_clients(self) -> None:
-        pending = self._client_out
-        self._client_out = {}
-        for identity, msgs in pending.items():
-            try:
-                self.clients.send_multipart([identity, wire.encode_client_frame(msgs)], zmq.NOBLOCK)
-            except zmq.Again:
-                self._client_out[identity] = msgs  # retried on the next turn of the loop
-            except zmq.ZMQError:
-                dropped = self.gateway.drop_client(identity)
-                log.info("client %r is gone; dropped its %d request(s)", identity, len(dropped))
-
     def close(self) -> None:
         for link in self.entries.values():
             link.sock.close(linger=0)
-        for sock in (self.control, self.clients, self.results):
-            sock.close(linger=0)
+        self.control.close(linger=0)
+        self.gateway_io.close()
 
 
 def run_broker(topology: Topology, announce: Any = None) -> None:
@@ -607,16 +488,3 @@ def run_broker(topology: Topology, announce: Any = None) -> None:
     finally:
         broker.close()
         log.info("broker stopped (pid %d)", os.getpid())
-
-
-def _prefix_tokens(topology: Topology, stages: tuple[str, ...]) -> dict[str, int]:
-    """The fixed part of each prompt, in tokens (about 4 characters a token): what a
-    prefix cache can keep for every call of that prompt."""
-    from alto_bus.deploy.topology import import_object
-
-    out = {}
-    for name in stages:
-        f = topology.stage(name).fields
-        text = f.get("prompt") if f.get("prompt") is not None else import_object(f["prompt_from"])
-        out[name] = len(str(text).split("{", 1)[0]) // 4
-    return out

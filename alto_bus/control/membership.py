@@ -125,5 +125,16 @@ class Membership:
     def loads(self) -> dict[int, int]:
         return {iid: inst.depth for iid, inst in self.instances.items()}
 
+    def status(self, replicas: dict[str, int]) -> dict[str, Any]:
+        """Per stage: the replicas asked for and every instance, live or draining."""
+        by_stage: dict[str, list[Instance]] = {name: [] for name in self.stage_names}
+        for inst in sorted(self.instances.values(), key=lambda i: i.iid):
+            by_stage.setdefault(inst.stage, []).append(inst)
+        return {name: {"replicas": replicas.get(name),
+                       "instances": [{"iid": i.iid, "pid": i.pid, "host": i.host, "address": i.address,
+                                      "depth": i.depth, "draining": i.draining, "stats": i.stats}
+                                     for i in by_stage[name]]}
+                for name in self.stage_names}
+
     def count(self, stage: str) -> int:
         return len(self.table["stages"].get(stage, []))
