@@ -1,0 +1,208 @@
+"""Where a sender's next item goes, from what the broker published. Pure: no sockets.
+
+A sender keeps the routing table of every epoch a request in flight may still use (a
+keyed hop routes by the request's epoch, not the newest one), the key tables of the next
+stage, the pool placement when that stage runs on an LM pool, and the instances the
+broker declared dead. For each item it answers one of:
+
+* an instance id (``GATEWAY`` for the last stage: the results inbox),
+* ``PARK``: no instance can take it yet (the table it needs is on its way),
+* a :class:`Fail`: it can never be delivered (its group's owner died, its epoch is gone).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from alto_bus.protocol import wire
+from alto_bus.routing.choice import LoadView, pow2_choice
+from alto_bus.routing.keytable import KeyTable
+from alto_bus.routing.pool_route import PoolRoute
+
+GATEWAY = 0  # destination id of the gateway's results inbox
+
+
+class _Park:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "PARK"
+
+
+PARK = _Park()  # "no instance yet": keep the item and route it again with the next table
+
+
+@dataclass(frozen=True)
+class Fail:
+    """The item's request cannot go on: ``path`` (the request) fails with ``reason``."""
+
+    path: list
+    reason: str
+    epoch: int
+
+
+Decision = int | _Park | Fail
+
+
+def choose_instance(candidates: Sequence[int], loads: LoadView, rng: random.Random,
+                    pool: PoolRoute | None = None) -> int:
+    """A stateless hop (and the gateway's entry hop): the pool's policy when the stage is
+    on an LM pool and it names one of ``candidates``, else power of two choices on load."""
+    if pool is not None:
+        iid = pool.pick()
+        if iid is not None and iid in candidates:
+            return iid
+    return pow2_choice(candidates, loads, rng)
+
+
+class RouteTable:
+    """One sender's view of where the next stage's instances are, per epoch."""
+
+    def __init__(self, stage: str, next_stage: str | None = None, key_depth: int | None = None, *,
+                 pool: PoolRoute | None = None, pool_name: str | None = None,
+                 rng: random.Random | None = None, loads: LoadView | None = None,
+                 results: str | None = None) -> None:
+        self.stage = stage                  # the sending stage
+        self.next = next_stage              # None: the sender is the last stage
+        self.key_depth = key_depth          # the next stage's aggregation depth (None: stateless)
+        self.pool = pool                    # the next stage's pool route, when it is on a pool
+        self.pool_name = pool_name
+        self.rng = rng or random.Random(0)
+        self.loads = loads or LoadView()
+        self.results = results              # the gateway's results address
+        self.table: dict[str, Any] = {"epoch": 0, "stages": {}}  # the newest table
+        self.tables: dict[int, dict[str, Any]] = {}   # epoch -> table, epochs still in flight
+        self.keys: dict[int, KeyTable] = {}           # epoch -> key table of the next stage
+        self.addresses: dict[int, str] = {}           # live next-stage instances of kept epochs
+        self.dead: set[int] = set()
+        self.next_ids: list[int] = []                 # next-stage instances of the newest epoch
+        self._sticky: dict[tuple, int] = {}           # a streamed item's instance until its end
+
+    @classmethod
+    def from_welcome(cls, stage: str, welcome: dict[str, Any],
+                     rng: random.Random | None = None) -> RouteTable:
+        """The route table of an instance of ``stage``, from the broker's "welcome" (the
+        next stage's config, its pool's policy, the results address)."""
+        from alto_bus.scheduling import make_policy
+
+        nxt = welcome.get("next") or {}
+        np = welcome.get("next_pool")
+        pool = None
+        if np:
+            policy = make_policy(np["policy"], **(np.get("policy_args") or {}))
+            pool = PoolRoute(nxt["name"], policy, own=stage)
+        return cls(stage, nxt.get("name"), nxt.get("key_depth"), pool=pool,
+                   pool_name=np["name"] if np else None, rng=rng, results=welcome["results"])
+
+    @property
+    def epoch(self) -> int:
+        return int(self.table["epoch"])
+
+    # -- what the broker publishes ------------------------------------------------------
+
+    def apply(self, table: dict[str, Any]) -> None:
+        """A new routing table (a membership change): the newest epoch."""
+        epoch = int(table["epoch"])
+        self.table = table
+        self.tables[epoch] = table
+        self.results = table.get("results", self.results)
+        self.dead.update(int(i) for i in table.get("dead", ()))
+        nxt = self.next
+        stages = table["stages"]
+        # A dead instance is never a destination, even if a table still lists it.
+        listed = [int(iid) for iid, _ in stages.get(nxt, [])] if nxt else []
+        self.next_ids = [iid for iid in listed if iid not in self.dead]
+        if self.pool is not None:
+            members = {int(k): v for k, v in table.get("members", {}).items()}
+            self.pool.members(members, self.next_ids, len(stages.get(self.stage, ())))
+        keys = table.get("keys", {}).get(nxt) if nxt else None
+        if keys is not None:
+            self.keys[epoch] = KeyTable.from_dict(keys)
+        self._refresh_addresses()
+
+    def apply_loads(self, body: dict[str, Any]) -> None:
+        """The broker's heartbeat-interval report: loads, pool placements, the oldest epoch
+        a request in flight uses (older tables are dropped)."""
+        self.loads.update({int(k): int(v) for k, v in body.get("loads", {}).items()})
+        self.forget_epochs_before(int(body.get("oldest", 0)))
+        if self.pool is not None:
+            name = self.pool_name
+            self.pool.update(body.get("placements", {}).get(name),
+                             body.get("member_loads", {}).get(name))
+
+    def forget_epochs_before(self, oldest: int) -> None:
+        current = self.epoch
+        stale = [e for e in self.tables if e < oldest and e != current]
+        if stale:
+            for e in stale:
+                del self.tables[e]
+                self.keys.pop(e, None)
+            self._refresh_addresses()
+
+    def _refresh_addresses(self) -> None:
+        nxt = self.next
+        live: dict[int, str] = {}
+        if nxt:
+            for table in self.tables.values():
+                for iid, addr in table["stages"].get(nxt, []):
+                    if int(iid) not in self.dead:
+                        live[int(iid)] = addr
+        self.addresses = live
+        self._sticky = {p: d for p, d in self._sticky.items() if d in live or d == GATEWAY}
+
+    def gone(self, dests: Iterable[int]) -> list[tuple[int, str]]:
+        """Of ``dests`` (instances this sender has links to), those no kept epoch routes to,
+        with why: "died" or "left the routing table"."""
+        return [(d, "died" if d in self.dead else "left the routing table")
+                for d in dests if d != GATEWAY and d not in self.addresses]
+
+    def address(self, dest: int) -> str:
+        return self.results if dest == GATEWAY else self.addresses[dest]
+
+    @property
+    def ready(self) -> bool:
+        """Parked items may be routed again: there is a next-stage instance (or no next stage)."""
+        return bool(self.next_ids) or self.next is None
+
+    # -- routing one item ---------------------------------------------------------------
+
+    def route(self, msg: list, path: list, stream: bool = False) -> Decision:
+        """Where ``msg`` (a DATA/END/DROP of item ``path``, its epoch last) goes next.
+        ``stream``: a chunk of a streamed item; all its chunks go to one instance."""
+        if self.next is None:
+            return GATEWAY
+        kd = self.key_depth
+        if kd is not None and len(path) >= kd:
+            return self._key_owner(msg[-1], path, kd)
+        ids = self.next_ids
+        if not ids:
+            return PARK
+        if stream:
+            key = tuple(path)
+            dest = self._sticky.get(key)
+            if dest is None:
+                dest = self._sticky[key] = choose_instance(ids, self.loads, self.rng, self.pool)
+            if msg[4]:  # its last chunk
+                del self._sticky[key]
+        elif msg[0] == wire.DATA:
+            dest = choose_instance(ids, self.loads, self.rng, self.pool)
+        else:  # END/DROP markers are not LM requests: keep them out of a pool's policy
+            dest = pow2_choice(ids, self.loads, self.rng)
+        self.loads.note_sent(dest)
+        return dest
+
+    def _key_owner(self, epoch: int, path: list, kd: int) -> Decision:
+        """The owner of this item's group in the request's epoch: all senders agree on it."""
+        table = self.keys.get(epoch)
+        if table is None:
+            if epoch > self.epoch or not self.keys:
+                return PARK  # that epoch's table is on its way
+            return Fail(path[:1], f"no key table for epoch {epoch} of stage {self.next!r}", epoch)
+        dest = table.owner(tuple(path[:kd]))
+        if dest in self.dead:
+            return Fail(path[:1], f"instance {dest} of stage {self.next!r}, owner of group "
+                                  f"{path[1:kd]} in epoch {epoch}, died", epoch)
+        return dest

@@ -1,0 +1,144 @@
+"""A sender's route table: destination, park or fail, from what the broker published. No sockets."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+from alto_bus.protocol import wire
+from alto_bus.routing.choice import LoadView
+from alto_bus.routing.keytable import KeyTable
+from alto_bus.routing.route_table import GATEWAY, PARK, Fail, RouteTable, choose_instance
+
+
+def table(epoch: int, ids: list[int], *, keyed: bool = True, dead: tuple[int, ...] = ()) -> dict:
+    t = {"epoch": epoch, "stages": {"b": [[i, f"tcp://h:{i}"] for i in ids], "a": [[99, "tcp://h:99"]]},
+         "dead": list(dead)}
+    if keyed:
+        t["keys"] = {"b": KeyTable.build(epoch, ids).to_dict()}
+    return t
+
+
+def data(path: list, epoch: int, seq: int = 0, final: bool = True) -> list:
+    return [wire.DATA, path, seq, "x", final, epoch]
+
+
+def keyed(depth: int = 2) -> RouteTable:
+    return RouteTable("a", "b", depth, rng=random.Random(1))
+
+
+def test_the_last_stage_sends_everything_to_the_gateway():
+    routes = RouteTable("z", None)
+    assert routes.route(data([1], 0), [1]) == GATEWAY
+    assert routes.ready
+
+
+def test_items_of_one_key_go_to_one_instance_per_epoch():
+    routes = keyed()
+    routes.apply(table(1, [1, 2, 3, 4]))
+    for rid in range(50):
+        owners = {routes.route(data([rid, g, i], 1), [rid, g, i]) for g in (0,) for i in range(20)}
+        assert len(owners) == 1
+    # every sender evaluating the same table agrees
+    other = keyed()
+    other.apply(table(1, [1, 2, 3, 4]))
+    for rid in range(50):
+        assert other.route(data([rid, 0], 1), [rid, 0]) == routes.route(data([rid, 0], 1), [rid, 0])
+
+
+def test_an_older_epoch_still_resolves_with_its_own_table():
+    routes = keyed()
+    routes.apply(table(1, [1, 2]))
+    routes.apply(table(2, [3, 4]))
+    for rid in range(30):
+        assert routes.route(data([rid, 0], 1), [rid, 0]) in (1, 2)
+        assert routes.route(data([rid, 0], 2), [rid, 0]) in (3, 4)
+    assert set(routes.addresses) == {1, 2, 3, 4}  # instances of both epochs stay reachable
+
+
+def test_a_forgotten_epoch_fails_and_a_future_one_parks():
+    routes = keyed()
+    routes.apply(table(1, [1, 2]))
+    routes.apply(table(2, [3]))
+    routes.forget_epochs_before(2)
+    gone = routes.route(data([7, 0], 1), [7, 0])
+    assert isinstance(gone, Fail) and gone.path == [7] and "epoch 1" in gone.reason
+    assert routes.route(data([7, 0], 5), [7, 0]) is PARK  # its table is on its way
+    left = "left the routing table"
+    assert routes.gone([1, 2, 3, GATEWAY]) == [(1, left), (2, left)]
+
+
+def test_the_newest_epoch_is_never_forgotten():
+    routes = keyed()
+    routes.apply(table(3, [1]))
+    routes.forget_epochs_before(10)
+    assert routes.route(data([1, 0], 3), [1, 0]) == 1
+
+
+def test_no_table_yet_parks():
+    routes = keyed()
+    assert routes.route(data([1, 0], 0), [1, 0]) is PARK
+    assert routes.route(data([1], 0), [1]) is PARK  # not keyed yet (shorter than the key depth)
+    assert not routes.ready
+
+
+def test_no_instance_parks_a_stateless_item():
+    routes = RouteTable("a", "b", None)
+    routes.apply(table(1, [], keyed=False))
+    assert routes.route(data([1], 1), [1]) is PARK
+    routes.apply(table(2, [5], keyed=False))
+    assert routes.ready and routes.route(data([1], 2), [1]) == 5
+
+
+def test_a_dead_owner_fails_the_request_naming_the_instance():
+    routes = keyed()
+    routes.apply(table(1, [1, 2]))
+    owner = routes.route(data([4, 0], 1), [4, 0])
+    routes.apply(table(2, [x for x in (1, 2) if x != owner], dead=(owner,)))
+    failed = routes.route(data([4, 0, 3], 1), [4, 0, 3])
+    assert isinstance(failed, Fail) and failed.path == [4] and f"instance {owner}" in failed.reason
+    assert routes.gone([owner]) == [(owner, "died")]
+
+
+def test_a_dead_peer_is_never_chosen_for_a_stateless_item():
+    routes = RouteTable("a", "b", None, rng=random.Random(3))
+    routes.apply(table(1, [1, 2, 3], keyed=False, dead=(2,)))  # even if a table still lists it
+    picks = {routes.route(data([r], 1), [r]) for r in range(300)}
+    assert picks == {1, 3}
+
+
+def test_a_stateless_item_goes_to_the_less_loaded():
+    routes = RouteTable("a", "b", None, rng=random.Random(4))
+    routes.apply(table(1, [1, 2, 3], keyed=False))
+    routes.apply_loads({"loads": {"1": 1000, "2": 0, "3": 0}})
+    picks = Counter(routes.route(data([r], 1), [r]) for r in range(300))
+    assert picks[1] == 0 and picks[2] and picks[3]
+
+
+def test_every_chunk_of_a_streamed_item_goes_to_one_instance():
+    routes = RouteTable("a", "b", None, rng=random.Random(5))
+    routes.apply(table(1, [1, 2, 3, 4], keyed=False))
+    for rid in range(20):
+        dests = {routes.route(data([rid], 1, seq, final=False), [rid], stream=True)
+                 for seq in range(10)}
+        dests.add(routes.route(data([rid], 1, 10, final=True), [rid], stream=True))
+        assert len(dests) == 1
+    assert not routes._sticky  # forgotten after the last chunk
+
+
+class FixedPool:
+    """A pool route that always names one instance."""
+
+    def __init__(self, iid: int | None) -> None:
+        self.iid = iid
+
+    def pick(self) -> int | None:
+        return self.iid
+
+
+def test_choose_instance_follows_the_pool_when_it_names_a_candidate():
+    loads, rng = LoadView(), random.Random(0)
+    assert {choose_instance([1, 2, 3], loads, rng, FixedPool(2)) for _ in range(20)} == {2}
+    # a pool choice that is not a candidate (not writable, not in the table): power of two
+    assert {choose_instance([1, 3], loads, rng, FixedPool(2)) for _ in range(50)} <= {1, 3}
+    assert {choose_instance([1, 3], loads, rng, FixedPool(None)) for _ in range(50)} == {1, 3}
