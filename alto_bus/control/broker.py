@@ -58,32 +58,6 @@ class EntryLink:
         # heartbeat may predate them); then "older" (see alto_bus.routing.sent_ids).
         self.sent = SentIds(window=2)
 
-    # The names the heartbeat, tick and loss code of the broker read: views of ``sent``.
-    @property
-    def sent_rids(self) -> set[int]:
-        return self.sent.recent[-1]
-
-    @sent_rids.setter
-    def sent_rids(self, rids: Iterable[int]) -> None:
-        self.sent.recent[-1] = set(rids)
-
-    @property
-    def prev_rids(self) -> set[int]:
-        recent = self.sent.recent
-        return recent[0] if len(recent) > 1 else set()
-
-    @prev_rids.setter
-    def prev_rids(self, rids: Iterable[int]) -> None:
-        recent = self.sent.recent
-        if len(recent) > 1:
-            recent[0] = set(rids)
-        else:
-            recent.appendleft(set(rids))
-
-    @property
-    def older(self) -> dict[int, None]:
-        return self.sent.older
-
 
 # Frames parked on an entry link before the gateway refuses new requests for it.
 ENTRY_BACKLOG_FRAMES = 64
@@ -247,9 +221,7 @@ class Broker:
                 self.pools[pool].note_spills({prompt: by_member})
         link = self.entries.get(inst.iid) or self.ledger.retired_link(inst.iid)
         if link is not None:
-            requests = self.gateway.requests
-            link.older.update(dict.fromkeys(r for r in link.prev_rids if r in requests))
-            link.prev_rids, link.sent_rids = link.sent_rids, []
+            link.sent.rotate(keep_if=self.gateway.requests)  # a new interval of sent ids
 
     def _op_leave(self, identity: bytes, body: dict, now: float) -> None:
         iid = self.members.by_identity.get(identity)
@@ -342,9 +314,7 @@ class Broker:
         ended, self.gateway.ended = self.gateway.ended, []
         if ended:
             for link in [*self.entries.values(), *self.ledger.retired.values()]:
-                if link.older:
-                    for rid in ended:
-                        link.older.pop(rid, None)
+                link.sent.forget(ended)
         dead = self.members.dead(now)
         for inst in dead:  # every one of them before the new table closes their entry links
             silent = now - inst.last_seen
@@ -399,12 +369,11 @@ class Broker:
         """``inst`` died or left: fail what it held and what the gateway sent it lately."""
         if inst is None:
             return
-        recent: set[int] = set()
+        recent: Iterable[int] = ()
         older: Iterable[int] = ()
         link = self.entries.get(inst.iid) or self.ledger.retired_link(inst.iid)
         if link is not None:
-            recent = link.sent_rids | link.prev_rids
-            older = link.older
+            recent, older = link.sent.lost()
         departure = Departure(inst.stage, inst.pid, inst.host, inst.identity, why)
         failures = self.ledger.departed(inst.iid, departure, time.monotonic(), inst.held, recent, older)
         self._fail(failures, "failed %d request(s) held by instance %d")

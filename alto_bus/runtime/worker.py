@@ -8,14 +8,16 @@ batch produced by asynchronous work. A send that would block parks the frame and
 the inbox loop until the peer takes it: a slow stage slows its senders, and the chain
 of full queues reaches the gateway, which refuses new requests as overloaded.
 
-The control plane runs in its own thread (:mod:`alto_bus.runtime.control_link`).
+The worker ties the parts together; each has its own module, tested without sockets:
+where an item goes (:mod:`alto_bus.routing.route_table`), the outboxes
+(:mod:`alto_bus.runtime.outbox`), the inbox reader (:mod:`alto_bus.runtime.inbox`). The
+control plane runs in its own thread (:mod:`alto_bus.runtime.control_link`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import itertools
 import logging
 import os
 import random
@@ -29,9 +31,9 @@ import zmq.asyncio
 
 from alto_bus.protocol import wire
 from alto_bus.runtime.control_link import ControlLink
-from alto_bus.routing.keytable import KeyTable
-from alto_bus.routing.choice import LoadView, pow2_choice
-from alto_bus.routing.pool_route import PoolRoute
+from alto_bus.routing.route_table import GATEWAY, PARK, Fail, RouteTable
+from alto_bus.runtime.inbox import Inbox, checked_messages
+from alto_bus.runtime.outbox import Outbox, Outboxes
 from alto_bus.net.sockets import advertised, bound_address, make_socket
 from alto_bus.runtime.stage import FunctionStage, StageLogic, describe
 from alto_bus.deploy.topology import StageConfig, add_handler_dir
@@ -39,60 +41,15 @@ from alto_bus.runtime.kinds import stage_kind
 
 log = logging.getLogger("alto.worker")
 
-GATEWAY = 0  # destination id of the gateway's results inbox
-
-
 # Ids of requests that ended early, remembered so their late items are skipped.
 CANCELLED_MEMORY = 100_000
 
-# Request ids an outbox remembers beyond its recent window (until the broker says they
-# ended): a bound for when "ended" notices go missing. A request in flight stays in memory.
-OLDER_MEMORY = 200_000
+# Items parked for want of a routing table before their requests fail.
+PARKED_MEMORY = 100_000
 
 
 class WorkerError(RuntimeError):
     """The worker could not join or keep its place in the topology."""
-
-
-class Outbox:
-    """One PUSH to one destination, its coalescing batches and its parked frames."""
-
-    __slots__ = ("dest", "address", "asock", "sock", "batches", "backlog", "sender", "recent", "older")
-
-    def __init__(self, dest: int, address: str, asock: zmq.asyncio.Socket) -> None:
-        self.dest = dest
-        self.address = address
-        self.asock = asock
-        self.sock = zmq.Socket.shadow(asock.underlying)  # sync sends on the hot path
-        self.batches: dict[str, wire.FrameBuilder] = {}
-        self.backlog: collections.deque[bytes] = collections.deque()
-        self.sender: asyncio.Task | None = None
-        # Request ids sent here, one set per heartbeat interval (newest last): if the peer
-        # dies, these may have died with it, unreported (the broker fails them).
-        self.recent: collections.deque[set[int]] = collections.deque([set()])
-        # Sent here before that window and not ended yet. Having sent them long ago proves
-        # nothing: under load they wait in the peer's inbox, in no "held" report, for as long
-        # as its queue is. The broker checks these when the peer dies (ended, or held by a
-        # live instance: fine; else failed).
-        self.older: dict[int, None] = {}
-
-    def rotate(self, keep: int, ended: list[int]) -> None:
-        """A heartbeat interval passed: a new generation of sent ids; forget ended requests."""
-        older = self.older
-        recent = self.recent
-        if ended:
-            for gen in recent:
-                gen.difference_update(ended)
-            for rid in ended:
-                older.pop(rid, None)
-        recent.append(set())
-        while len(recent) > keep:
-            older.update(dict.fromkeys(recent.popleft()))
-        if len(older) > OLDER_MEMORY:
-            log.warning("instance %d: %d requests sent there without word that they ended; forgetting "
-                        "the oldest", self.dest, len(older))
-            for rid in list(itertools.islice(older, len(older) - OLDER_MEMORY)):
-                del older[rid]
 
 
 class Worker:
@@ -123,12 +80,10 @@ class Worker:
         self.stage = stage
         self.curve = curve  # alto_bus.net.curve.Curve: CURVE on every link (the broker says whom the inbox lets in)
         self.host = host or socket.gethostname()  # the name the broker reports (a [[host]] name in a cluster)
-        self._recent_keep = 6  # heartbeat intervals of request ids kept per outbox (liveness + 2)
         self.broker = broker
         self._handler = handler
         self._logic_factory = logic_factory  # builds the stage from its config (a pool's shared engine)
         self._labels = labels or {}          # sent with "ready": e.g. the pool and member it belongs to
-        self._pool_route: PoolRoute | None = None
         self._inbox_addr = inbox
         self._advertise = advertise
         self.connect_timeout = connect_timeout
@@ -139,8 +94,9 @@ class Worker:
         self.address: str | None = None
         self.config: StageConfig | None = None
         self.logic: StageLogic | None = None
-        self.loads = LoadView()
         self.stats = collections.Counter()
+        self.routes = RouteTable(stage, rng=self.rng)  # replaced when the broker names the next stage
+        self.outboxes = Outboxes(self._connect, self._resume, self.stats)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._started = threading.Event()
@@ -152,26 +108,12 @@ class Worker:
         self._left_epoch: int | None = None  # the epoch that took this instance out of routing
         self._oldest_epoch = 0                # oldest epoch a request in flight uses (broker's loads)
         self._wakeup: asyncio.Event | None = None
-        self._inbox: zmq.Socket | None = None
-        self._paused = False
-        self._last_input = 0.0
-        self._outs: dict[int, Outbox] = {}
-        self._blocked: set[int] = set()
-        self._next_ids: list[int] = []
-        self._table: dict[str, Any] = {"epoch": 0, "stages": {}}
-        self._tables: dict[int, dict[str, Any]] = {}     # epoch -> table, epochs still in flight
-        self._keys: dict[int, KeyTable] = {}              # epoch -> key table of the next stage
-        self._addresses: dict[int, str] = {}              # every next-stage instance of a live epoch
-        self._dead: set[int] = set()
-        self._next_key_depth: int | None = None
+        self._inbox = Inbox(self._on_frame, self._may_read, self.outboxes.flush_all)
         self._cancelled: dict[int, None] = {}
-        self._results_addr: str | None = None
-        self._parked: list[tuple[list, list]] = []
-        self._sticky: dict[tuple, int] = {}
+        self._parked: list[tuple[list, list]] = []  # items waiting for a routing table
         self._inflight: collections.Counter[int] = collections.Counter()
         self._inflight_total = 0
         self._flush_handle: asyncio.TimerHandle | None = None
-        self._in_burst = False
 
     # -- embedding API -----------------------------------------------------------------
 
@@ -224,18 +166,8 @@ class Worker:
             self._control.send("hello", {"stage": self.stage, "pid": os.getpid(), "host": self.host})
             welcome = await self._expect("welcome", f"the broker at {self.broker} did not answer")
             self.config = StageConfig.from_dict(welcome["config"])
-            if welcome.get("next"):
-                self._next_key_depth = StageConfig.from_dict(welcome["next"]).key_depth
-            if welcome.get("next_pool"):
-                from alto_bus.scheduling import make_policy
-
-                np = welcome["next_pool"]
-                self._pool_route_pool = np["name"]
-                self._pool_route = PoolRoute(welcome["next"]["name"],
-                                             make_policy(np["policy"], **(np.get("policy_args") or {})),
-                                             own=self.stage)
-            self._results_addr = welcome["results"]
-            self._recent_keep = int(welcome.get("liveness", 4)) + 2
+            self.routes = RouteTable.from_welcome(self.stage, welcome, self.rng)
+            self.outboxes.window = int(welcome.get("liveness", 4)) + 2
             self.logic = self._build_logic(self.config)
             self.logic.bind(self)
             await self.logic.start()
@@ -271,6 +203,10 @@ class Worker:
         if self._start_error is not None:
             raise self._start_error
 
+    @property
+    def loads(self) -> Any:
+        return self.routes.loads
+
     # -- control events (delivered from the control thread) ----------------------------
 
     def _deliver(self, op: str, body: dict) -> None:
@@ -301,18 +237,12 @@ class Worker:
         if op == "table":
             self._apply_table(body)
         elif op == "loads":
-            self.loads.update({int(k): int(v) for k, v in body.get("loads", {}).items()})
-            ended = body.get("ended", [])
-            for out in self._outs.values():  # one heartbeat interval: a new generation of sent ids
-                out.rotate(self._recent_keep, ended)
+            self.outboxes.rotate(body.get("ended", []))  # a heartbeat interval: a new generation
             self._oldest_epoch = int(body.get("oldest", 0))
-            self._forget_epochs_before(self._oldest_epoch)
-            route = self._pool_route
-            if route is not None:
-                pool = self._pool_route_pool
-                route.update(body.get("placements", {}).get(pool), body.get("member_loads", {}).get(pool))
+            self.routes.apply_loads(body)
+            self._drop_gone()
         elif op == "left":
-            self._left_epoch = int(self._table["epoch"])  # that table came just before "left"
+            self._left_epoch = self.routes.epoch  # that table came just before "left"
         elif op == "cancel":
             self._cancel(body.get("rids", []))
         elif op == "shutdown":
@@ -353,58 +283,25 @@ class Worker:
             prompt_stats = getattr(logic, "prompt_stats", None)
             if prompt_stats is not None:
                 body["prompt"] = prompt_stats()
-        if self._pool_route is not None:
-            body["spills"] = self._pool_route.policy.drain_spills()
+        if self.routes.pool is not None:
+            body["spills"] = self.routes.pool.policy.drain_spills()
         body["held"] = list(held)[:100_000]
         return body
 
     # -- routing tables ----------------------------------------------------------------
 
     def _apply_table(self, table: dict) -> None:
-        epoch = int(table["epoch"])
-        self._table = table
-        self._tables[epoch] = table
-        self._results_addr = table.get("results", self._results_addr)
-        self._dead.update(int(i) for i in table.get("dead", ()))
-        nxt = self.config.next if self.config else None
-        self._next_ids = [int(iid) for iid, _ in table["stages"].get(nxt, [])] if nxt else []
-        if self._pool_route is not None:
-            self._pool_route.members({int(k): v for k, v in table.get("members", {}).items()}, self._next_ids,
-                                     len(table["stages"].get(self.stage, ())))
-        keys = table.get("keys", {}).get(nxt) if nxt else None
-        if keys is not None:
-            self._keys[epoch] = KeyTable.from_dict(keys)
-        self._refresh_addresses()
-        if self._parked and (self._next_ids or nxt is None):
+        self.routes.apply(table)
+        self._drop_gone()
+        if self._parked and self.routes.ready:
             parked, self._parked = self._parked, []
             for msg, path in parked:
                 self._route(msg, path)
-            self._flush_all()
+            self.outboxes.flush_all()
 
-    def _forget_epochs_before(self, oldest: int) -> None:
-        """Tables of epochs no request in flight uses any more are dropped."""
-        current = int(self._table["epoch"])
-        stale = [e for e in self._tables if e < oldest and e != current]
-        if stale:
-            for e in stale:
-                del self._tables[e]
-                self._keys.pop(e, None)
-            self._refresh_addresses()
-
-    def _refresh_addresses(self) -> None:
-        nxt = self.config.next if self.config else None
-        live: dict[int, str] = {}
-        for table in self._tables.values():
-            for iid, addr in table["stages"].get(nxt, []) if nxt else []:
-                if int(iid) not in self._dead:
-                    live[int(iid)] = addr
-        self._addresses = live
-        for dest in [d for d in self._outs if d != GATEWAY and d not in live]:
-            self._drop_outbox(dest, "died" if dest in self._dead else "left the routing table")
-        self._sticky = {p: d for p, d in self._sticky.items() if d in live or d == GATEWAY}
-
-    def _address_of(self, dest: int) -> str:
-        return self._results_addr if dest == GATEWAY else self._addresses[dest]
+    def _drop_gone(self) -> None:
+        for dest, why in self.routes.gone(self.outboxes):
+            self._drop_outbox(dest, why)
 
     def _cancel(self, rids: list[int]) -> None:
         cancelled = self._cancelled
@@ -415,45 +312,27 @@ class Worker:
         if self.logic is not None:
             self.logic.cancel(set(rids))
 
-    def _outbox(self, dest: int) -> Outbox:
-        out = self._outs.get(dest)
-        if out is None:
-            address = self._address_of(dest)
-            curve = None if self.curve is None else (
-                self.curve.to_broker("results") if dest == GATEWAY else self.curve.to_peer(f"instance {dest}"))
-            asock = make_socket(zmq.asyncio.Context.instance(), zmq.PUSH, connect=address, immediate=True,
-                                curve=curve)
-            out = self._outs[dest] = Outbox(dest, address, asock)
-        return out
+    def _connect(self, dest: int) -> tuple[str, zmq.asyncio.Socket]:
+        address = self.routes.address(dest)
+        curve = None
+        if self.curve is not None:
+            curve = (self.curve.to_broker("results") if dest == GATEWAY
+                     else self.curve.to_peer(f"instance {dest}"))
+        return address, make_socket(zmq.asyncio.Context.instance(), zmq.PUSH, connect=address,
+                                    immediate=True, curve=curve)
 
     def _drop_outbox(self, dest: int, why: str) -> None:
-        out = self._outs.pop(dest)
-        if out.sender is not None:
-            out.sender.cancel()
-        frames = list(out.backlog) + [b.take() for b in out.batches.values() if len(b)]
-        rids: set[int] = set()
-        for frame in frames:
-            try:
-                _, msgs = wire.decode_frame(frame)
-                rids.update(m[1][0] for m in msgs)
-            except (wire.WireError, IndexError, TypeError):
-                continue
+        out, frames, rids = self.outboxes.drop(dest)
         if why == "died":
             # Unsent, and sent lately (maybe never read): the broker fails them, naming the
             # instance's stage and host. Sent earlier and not ended: the broker fails them
             # unless live work holds them. Never a hang.
-            rids.update(*out.recent)
-            ordered = sorted(rids)
-            older = sorted(r for r in out.older if r not in rids)
-            for i in range(0, max(len(ordered), len(older)), 50_000):  # bounded control frames
-                self._control.send("lost", {"iid": dest, "rids": ordered[i:i + 50_000],
-                                            "older": older[i:i + 50_000]})
-            rids = set()
-        for rid in rids:  # their items are lost with the peer: say so, never hang
-            self.error([rid], f"instance {dest} of stage {self.config.next!r} {why} "
-                              f"with {len(frames)} unsent frame(s)", 0)
-        out.asock.close(linger=0)
-        self._blocked.discard(dest)
+            for report in out.lost_reports(rids):
+                self._control.send("lost", report)
+        else:
+            for rid in rids:  # their items are lost with the peer: say so, never hang
+                self.error([rid], f"instance {dest} of stage {self.config.next!r} {why} "
+                                  f"with {frames} unsent frame(s)", 0)
         self._resume()
 
     # -- Emitter: what stage logic calls -----------------------------------------------
@@ -469,7 +348,7 @@ class Worker:
 
     def error(self, path: list, message: str, epoch: int) -> None:
         self.stats["errors"] += 1
-        self._send(self._outbox(GATEWAY), [wire.ERROR, path, self.stage, message, epoch], self.stage)
+        self._send(self.outboxes.get(GATEWAY), [wire.ERROR, path, self.stage, message, epoch], self.stage)
 
     def spawn(self, rid: int, work: Awaitable[None]) -> None:
         self._inflight[rid] += 1
@@ -491,61 +370,17 @@ class Worker:
             self._wakeup.set()
 
     def _route(self, msg: list, path: list, stream: bool = False) -> None:
-        nxt = self.config.next
-        if nxt is None:
-            dest = GATEWAY
+        routes = self.routes
+        dest = routes.route(msg, path, stream)
+        if dest is PARK:
+            self._parked.append((msg, path))
+            kd = routes.key_depth  # a keyed item waits for its epoch's table: bounded
+            if kd is not None and len(path) >= kd and len(self._parked) > PARKED_MEMORY:
+                self._fail_parked()
+        elif isinstance(dest, Fail):
+            self.error(dest.path, dest.reason, dest.epoch)
         else:
-            kd = self._next_key_depth
-            if kd is not None and len(path) >= kd:
-                dest = self._key_owner(msg, path, kd)
-                if dest is None:
-                    return
-                self._send(self._outbox(dest), msg, nxt)
-                return
-            ids = self._next_ids
-            if not ids:
-                self._parked.append((msg, path))
-                return
-            if stream:  # every chunk of one streamed item goes to the same instance
-                key = tuple(path)
-                dest = self._sticky.get(key)
-                if dest is None:
-                    dest = self._sticky[key] = self._pick(ids)
-                if msg[4]:
-                    del self._sticky[key]
-            elif msg[0] == wire.DATA:
-                dest = self._pick(ids)
-            else:  # END/DROP markers are not LM requests: keep them out of a pool's policy
-                dest = pow2_choice(ids, self.loads, self.rng)
-            self.loads.note_sent(dest)
-        self._send(self._outbox(dest), msg, nxt or self.stage)
-
-    def _pick(self, ids: list[int]) -> int:
-        route = self._pool_route
-        if route is not None:
-            dest = route.pick()
-            if dest is not None and dest in self._addresses:
-                return dest
-        return pow2_choice(ids, self.loads, self.rng)
-
-    def _key_owner(self, msg: list, path: list, kd: int) -> int | None:
-        """The owner of this item's group in the request's epoch (None: parked or failed)."""
-        epoch = msg[-1]
-        table = self._keys.get(epoch)
-        if table is None:
-            if epoch > self._table["epoch"] or not self._keys:
-                self._parked.append((msg, path))  # that epoch's table is on its way
-                if len(self._parked) > 100_000:
-                    self._fail_parked()
-            else:
-                self.error(path[:1], f"no key table for epoch {epoch} of stage {self.config.next!r}", epoch)
-            return None
-        dest = table.owner(tuple(path[:kd]))
-        if dest in self._dead:
-            self.error(path[:1], f"instance {dest} of stage {self.config.next!r}, owner of group "
-                                 f"{path[1:kd]} in epoch {epoch}, died", epoch)
-            return None
-        return dest
+            self._send(self.outboxes.get(dest), msg, routes.next or self.stage)
 
     def _fail_parked(self) -> None:
         parked, self._parked = self._parked, []
@@ -553,63 +388,20 @@ class Worker:
             self.error([rid], f"stage {self.config.next!r} has no routing table for this request", 0)
 
     def _send(self, out: Outbox, msg: list, stage: str) -> None:
-        if out.dest:  # not the gateway
-            out.recent[-1].add(msg[1][0])
-        batch = out.batches.get(stage)
-        if batch is None:
-            batch = out.batches[stage] = wire.FrameBuilder(stage)
-        if batch.add(msg) >= self.config.batch_bytes:
-            self._flush_out(out)
-        elif not self._in_burst and self._flush_handle is None:
+        if out.add(msg, stage) >= self.config.batch_bytes:
+            self.outboxes.flush(out)
+        elif not self._inbox.in_burst and self._flush_handle is None:
             self._flush_handle = self._loop.call_later(self.config.flush_ms / 1000, self._timed_flush)
 
     def _timed_flush(self) -> None:
         self._flush_handle = None
-        self._flush_all()
-
-    def _flush_all(self) -> None:
-        for out in list(self._outs.values()):
-            self._flush_out(out)
-
-    def _flush_out(self, out: Outbox) -> None:
-        for batch in out.batches.values():
-            if len(batch):
-                out.backlog.append(batch.take())
-        if out.sender is not None:
-            return  # the sender task owns the order of what is parked
-        backlog = out.backlog
-        while backlog:
-            try:
-                out.sock.send(backlog[0], zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                self._blocked.add(out.dest)
-                out.sender = self._loop.create_task(self._send_parked(out))
-                return
-            backlog.popleft()
-            self.stats["frames_out"] += 1
-
-    async def _send_parked(self, out: Outbox) -> None:
-        try:
-            while out.backlog:
-                await out.asock.send(out.backlog[0], copy=False)
-                out.backlog.popleft()
-                self.stats["frames_out"] += 1
-        finally:
-            out.sender = None
-            self._blocked.discard(out.dest)
-            self._resume()
+        self.outboxes.flush_all()
 
     # -- the inbox loop ----------------------------------------------------------------
 
     async def _serve(self, inbox: zmq.Socket) -> None:
-        # The inbox is read from a reader callback, not a coroutine: a frame costs no
-        # future, no task switch. ZeroMQ's FD is edge-triggered, so every read drains
-        # until EAGAIN (or hands the rest to the next turn of the loop).
         loop = self._loop
-        self._inbox = inbox
-        fd = inbox.getsockopt(zmq.FD)
-        loop.add_reader(fd, self._on_readable)
-        self._on_readable()
+        self._inbox.open(inbox)
         quiet = 2 * (self._control.heartbeat_interval or 0.5)
         try:
             while not self._stop_now:
@@ -620,50 +412,23 @@ class Worker:
                 try:
                     await asyncio.wait_for(self._wakeup.wait(), quiet)
                 except asyncio.TimeoutError:
-                    if self._idle() and loop.time() - self._last_input >= quiet:
+                    if self._idle() and loop.time() - self._inbox.last_input >= quiet:
                         break  # drained: quiet for two heartbeats and nothing in hand
         finally:
-            loop.remove_reader(fd)
+            self._inbox.close()
+
+    def _may_read(self) -> bool:
+        # Backpressure: no input while an outbox is blocked or the stage has enough in hand.
+        return (not self._stop_now and not self.outboxes.blocked
+                and self._inflight_total < self.config.concurrency)
 
     def _resume(self) -> None:
-        if self._paused and not self._blocked and self._inflight_total < self.config.concurrency:
-            self._paused = False
-            self._loop.call_soon(self._on_readable)
-
-    def _on_readable(self) -> None:
-        if self._stop_now:
-            return
-        if self._blocked or self._inflight_total >= self.config.concurrency:
-            self._paused = True  # backpressure: stop reading until _resume()
-            return
-        sock = self._inbox
-        n = 0
-        more = False
-        self._in_burst = True
-        try:
-            while True:
-                try:
-                    frame = sock.recv(zmq.NOBLOCK, copy=True)
-                except zmq.Again:
-                    more = bool(sock.getsockopt(zmq.EVENTS) & zmq.POLLIN)
-                    break
-                self._on_frame(frame)
-                n += 1
-                if n >= 256 or self._blocked or self._inflight_total >= self.config.concurrency:
-                    more = True
-                    break
-        finally:
-            self._in_burst = False
-        if n:
-            self._last_input = self._loop.time()
-            self._flush_all()
-        if more:
-            self._loop.call_soon(self._on_readable)
+        self._inbox.resume()
 
     def _idle(self) -> bool:
         # Stage state counts too: a draining aggregate keeps its open groups of older epochs.
-        return (not self._inflight_total and not self._blocked
-                and not any(o.backlog for o in self._outs.values())
+        return (not self._inflight_total and not self.outboxes.blocked
+                and not self.outboxes.has_backlog()
                 and not (self.logic is not None and any(True for _ in self.logic.held()))
                 and not self._owns_old_keys())
 
@@ -676,23 +441,9 @@ class Worker:
         return self._left_epoch is None or self._oldest_epoch < self._left_epoch
 
     def _on_frame(self, frame: bytes) -> None:
-        self.stats["frames_in"] += 1
-        try:
-            stage, msgs = wire.decode_frame(frame)
-        except wire.WireError as exc:
-            self._bad(str(exc))
-            return
-        if stage != self.stage:
-            self._bad(f"frame for stage {stage!r} reached an instance of {self.stage!r}")
-            return
         logic = self.logic
         cancelled = self._cancelled
-        for msg in msgs:
-            try:
-                kind = wire.check_message(msg)
-            except wire.WireError as exc:
-                self._bad(str(exc))
-                continue
+        for kind, msg in checked_messages(frame, self.stage, self.stats, self._bad):
             if cancelled and msg[1][0] in cancelled:
                 continue
             try:
@@ -703,11 +454,10 @@ class Worker:
                 elif kind == wire.DROP:
                     logic.on_drop(msg[1], msg[2])
                 else:  # an ERROR belongs to the gateway; pass it on
-                    self._send(self._outbox(GATEWAY), msg, self.stage)
+                    self._send(self.outboxes.get(GATEWAY), msg, self.stage)
             except Exception as exc:  # a bug in stage logic must not take the worker down
                 log.exception("stage %s failed on a %s message", self.stage, wire.KIND_NAMES[kind])
                 self.error([msg[1][0]], f"stage failed: {describe(exc)}", 0)
-        self.stats["messages_in"] += len(msgs)
 
     def _bad(self, what: str) -> None:
         n = self.stats["bad_frames"] = self.stats["bad_frames"] + 1
@@ -734,21 +484,8 @@ class Worker:
         except Exception as exc:
             log.warning("stage %s: close failed: %s", self.stage, describe(exc))
         try:
-            self._flush_all()
-            pending = [o.sender for o in self._outs.values() if o.sender is not None]
-            if pending:
-                await asyncio.wait(pending, timeout=1.0)
+            await self.outboxes.close()
         finally:
-            # Cancelled senders must run to their end before their sockets close, or a
-            # sender is left pending on a dead future and destroyed with the loop.
-            senders = [o.sender for o in self._outs.values() if o.sender is not None]
-            for task in senders:
-                task.cancel()
-            if senders:
-                await asyncio.wait(senders, timeout=1.0)
-            for out in self._outs.values():
-                out.asock.close(linger=500)
-            self._outs.clear()
             if inbox is not None:
                 inbox.close(linger=0)
             if self._control is not None:

@@ -1,0 +1,108 @@
+"""A worker's PULL inbox, read in bursts from the event loop, paused under backpressure.
+
+The inbox is read from a reader callback, not a coroutine: a frame costs no future, no
+task switch. ZeroMQ's FD is edge-triggered, so every read drains until EAGAIN (or hands
+the rest to the next turn of the loop). While the worker may not take more input (an
+outbox is blocked, or the stage has as much work in hand as its concurrency allows), the
+inbox is not read: its queue fills, and the senders' sends block in turn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from collections.abc import Callable, Iterator
+
+import zmq
+
+from alto_bus.protocol import wire
+
+# Frames read in one turn of the loop before others get a turn.
+BURST_FRAMES = 256
+
+
+class Inbox:
+    """Reads frames into ``on_frame`` while ``may_read()``; ``after_burst()`` after each
+    burst that read something (the worker flushes its outboxes then)."""
+
+    def __init__(self, on_frame: Callable[[bytes], None], may_read: Callable[[], bool],
+                 after_burst: Callable[[], None]) -> None:
+        self.on_frame = on_frame
+        self.may_read = may_read
+        self.after_burst = after_burst
+        self.sock: zmq.Socket | None = None
+        self.paused = False       # stopped reading for backpressure, until resume()
+        self.in_burst = False     # reading a burst now: what it emits is flushed after it
+        self.last_input = 0.0     # loop time of the last burst that read a frame
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._fd: int | None = None
+
+    def open(self, sock: zmq.Socket) -> None:
+        """Start reading ``sock`` from the running loop."""
+        self.sock = sock
+        self._loop = asyncio.get_running_loop()
+        self._fd = sock.getsockopt(zmq.FD)
+        self._loop.add_reader(self._fd, self.on_readable)
+        self.on_readable()
+
+    def close(self) -> None:
+        if self._fd is not None:
+            self._loop.remove_reader(self._fd)
+            self._fd = None
+
+    def resume(self) -> None:
+        """The worker may take input again: read what waited."""
+        if self.paused and self.may_read():
+            self.paused = False
+            self._loop.call_soon(self.on_readable)
+
+    def on_readable(self) -> None:
+        if not self.may_read():
+            self.paused = True
+            return
+        sock = self.sock
+        n = 0
+        more = False
+        self.in_burst = True
+        try:
+            while True:
+                try:
+                    frame = sock.recv(zmq.NOBLOCK, copy=True)
+                except zmq.Again:
+                    more = bool(sock.getsockopt(zmq.EVENTS) & zmq.POLLIN)
+                    break
+                self.on_frame(frame)
+                n += 1
+                if n >= BURST_FRAMES or not self.may_read():
+                    more = True
+                    break
+        finally:
+            self.in_burst = False
+        if n:
+            self.last_input = self._loop.time()
+            self.after_burst()
+        if more:
+            self._loop.call_soon(self.on_readable)
+
+
+def checked_messages(frame: bytes, stage: str, stats: collections.Counter,
+                     bad: Callable[[str], None]) -> Iterator[tuple[int, list]]:
+    """The well-formed messages of ``frame`` with their kinds. A frame that does not
+    decode or is for another stage, and a malformed message, go to ``bad`` (never raise)."""
+    stats["frames_in"] += 1
+    try:
+        frame_stage, msgs = wire.decode_frame(frame)
+    except wire.WireError as exc:
+        bad(str(exc))
+        return
+    if frame_stage != stage:
+        bad(f"frame for stage {frame_stage!r} reached an instance of {stage!r}")
+        return
+    stats["messages_in"] += len(msgs)
+    for msg in msgs:
+        try:
+            kind = wire.check_message(msg)
+        except wire.WireError as exc:
+            bad(str(exc))
+            continue
+        yield kind, msg

@@ -1,0 +1,204 @@
+"""A worker's outboxes: one PUSH per destination, its coalescing batches, its parked frames.
+
+What the stage emits for one destination is coalesced into one frame per stage name
+(a batch), sent when asked to flush or when it reaches the size bound. A send that would
+block parks the frame: the outbox is "blocked" until a sender task gets the backlog out,
+and the worker stops reading its inbox meanwhile (backpressure). Each outbox to a stage
+instance also remembers the request ids it sent there (:mod:`alto_bus.routing.sent_ids`).
+
+The sockets are given to the outboxes (``connect``), so the logic runs on fakes in tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import zmq
+import zmq.asyncio
+
+from alto_bus.protocol import wire
+from alto_bus.routing.route_table import GATEWAY
+from alto_bus.routing.sent_ids import SentIds
+
+log = logging.getLogger("alto.worker")
+
+# Request ids an outbox remembers beyond its recent window (until the broker says they
+# ended): a bound for when "ended" notices go missing. A request in flight stays in memory.
+OLDER_MEMORY = 200_000
+
+# Ids per "lost" control message: keeps control frames bounded.
+LOST_CHUNK = 50_000
+
+
+class Outbox:
+    """One PUSH to one destination, its coalescing batches and its parked frames."""
+
+    __slots__ = ("dest", "address", "asock", "sock", "batches", "backlog", "sender", "sent")
+
+    def __init__(self, dest: int, address: str, asock: Any, window: int) -> None:
+        self.dest = dest
+        self.address = address
+        self.asock = asock  # asyncio socket: awaited sends of parked frames
+        # Sync sends on the hot path, on the same socket (a fake in tests serves both).
+        real = isinstance(asock, zmq.asyncio.Socket)
+        self.sock = zmq.Socket.shadow(asock.underlying) if real else asock
+        self.batches: dict[str, wire.FrameBuilder] = {}
+        self.backlog: collections.deque[bytes] = collections.deque()
+        self.sender: asyncio.Task | None = None
+        self.sent = SentIds(window, OLDER_MEMORY)
+
+    def add(self, msg: list, stage: str) -> int:
+        """Coalesce ``msg`` into the batch for ``stage``; returns that batch's size in bytes."""
+        if self.dest != GATEWAY:  # the gateway does not die under its senders
+            self.sent.add(msg[1][0])
+        batch = self.batches.get(stage)
+        if batch is None:
+            batch = self.batches[stage] = wire.FrameBuilder(stage)
+        return batch.add(msg)
+
+    def seal(self) -> None:
+        """Every non-empty batch becomes a frame at the end of the backlog."""
+        for batch in self.batches.values():
+            if len(batch):
+                self.backlog.append(batch.take())
+
+    def send_ready(self) -> int:
+        """Send the backlog without blocking; returns the frames sent. What is left (the
+        peer's queue is full) waits for :meth:`send_parked`."""
+        backlog = self.backlog
+        n = 0
+        while backlog:
+            try:
+                self.sock.send(backlog[0], zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                break
+            backlog.popleft()
+            n += 1
+        return n
+
+    async def send_parked(self, on_frame: Callable[[], None]) -> None:
+        """Wait for the peer to take each parked frame, in order."""
+        while self.backlog:
+            await self.asock.send(self.backlog[0], copy=False)
+            self.backlog.popleft()
+            on_frame()
+
+    def unsent(self) -> tuple[int, set[int]]:
+        """(frames not sent, the request ids in them): what is lost if the outbox goes."""
+        frames = list(self.backlog) + [b.take() for b in self.batches.values() if len(b)]
+        rids: set[int] = set()
+        for frame in frames:
+            try:
+                _, msgs = wire.decode_frame(frame)
+                rids.update(m[1][0] for m in msgs)
+            except (wire.WireError, IndexError, TypeError):
+                continue
+        return len(frames), rids
+
+    def lost_reports(self, unsent: set[int]) -> Iterator[dict[str, Any]]:
+        """The destination died: "lost" control bodies naming what may have died with it
+        (``unsent`` and what was sent lately; what was sent earlier and has not ended)."""
+        recent, older = self.sent.lost(also=unsent)
+        for i in range(0, max(len(recent), len(older)), LOST_CHUNK):
+            yield {"iid": self.dest, "rids": recent[i:i + LOST_CHUNK],
+                   "older": older[i:i + LOST_CHUNK]}
+
+    def rotate(self, ended: list[int]) -> None:
+        """A heartbeat interval passed: a new generation of sent ids; forget ended requests."""
+        self.sent.forget(ended)
+        forgotten = self.sent.rotate()
+        if forgotten:
+            log.warning("instance %d: %d requests sent there without word that they ended; "
+                        "forgetting the oldest %d", self.dest, len(self.sent.older) + forgotten,
+                        forgotten)
+
+
+class Outboxes:
+    """Every outbox of one worker: made on first use, flushed together, blocked or not.
+
+    ``connect(dest)`` returns ``(address, asyncio socket)`` for a destination;
+    ``on_unblocked()`` is called when an outbox got its parked frames out (or went away).
+    """
+
+    def __init__(self, connect: Callable[[int], tuple[str, Any]], on_unblocked: Callable[[], None],
+                 stats: collections.Counter, window: int = 6) -> None:
+        self.connect = connect
+        self.on_unblocked = on_unblocked
+        self.stats = stats
+        self.window = window  # heartbeat intervals of request ids kept per outbox (liveness + 2)
+        self.outs: dict[int, Outbox] = {}
+        self.blocked: set[int] = set()
+
+    def get(self, dest: int) -> Outbox:
+        out = self.outs.get(dest)
+        if out is None:
+            address, asock = self.connect(dest)
+            out = self.outs[dest] = Outbox(dest, address, asock, self.window)
+        return out
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(list(self.outs))
+
+    def has_backlog(self) -> bool:
+        return any(o.backlog for o in self.outs.values())
+
+    def rotate(self, ended: list[int]) -> None:
+        for out in self.outs.values():
+            out.rotate(ended)
+
+    def flush(self, out: Outbox) -> None:
+        out.seal()
+        if out.sender is not None:
+            return  # the sender task owns the order of what is parked
+        self.stats["frames_out"] += out.send_ready()
+        if out.backlog:
+            self.blocked.add(out.dest)
+            out.sender = asyncio.get_running_loop().create_task(self._send_parked(out))
+
+    def flush_all(self) -> None:
+        for out in list(self.outs.values()):
+            self.flush(out)
+
+    async def _send_parked(self, out: Outbox) -> None:
+        def sent() -> None:
+            self.stats["frames_out"] += 1
+
+        try:
+            await out.send_parked(sent)
+        finally:
+            out.sender = None
+            self.blocked.discard(out.dest)
+            self.on_unblocked()
+
+    def drop(self, dest: int) -> tuple[Outbox, int, set[int]]:
+        """Close the outbox to ``dest``: (the outbox, its unsent frames, their request ids)."""
+        out = self.outs.pop(dest)
+        if out.sender is not None:
+            out.sender.cancel()
+        n, rids = out.unsent()
+        out.asock.close(linger=0)
+        self.blocked.discard(dest)
+        return out, n, rids
+
+    async def close(self) -> None:
+        """Give parked frames a moment to leave, then close every socket."""
+        try:
+            self.flush_all()
+            pending = [o.sender for o in self.outs.values() if o.sender is not None]
+            if pending:
+                await asyncio.wait(pending, timeout=1.0)
+        finally:
+            # Cancelled senders must run to their end before their sockets close, or a
+            # sender is left pending on a dead future and destroyed with the loop.
+            senders = [o.sender for o in self.outs.values() if o.sender is not None]
+            for task in senders:
+                task.cancel()
+            if senders:
+                await asyncio.wait(senders, timeout=1.0)
+            for out in self.outs.values():
+                out.asock.close(linger=500)
+            self.outs.clear()
