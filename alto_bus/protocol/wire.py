@@ -47,6 +47,14 @@ DATA, END, DROP, ERROR = 0, 1, 2, 3
 KIND_NAMES = {DATA: "DATA", END: "END", DROP: "DROP", ERROR: "ERROR"}
 # Fields per kind (kind included); a message shorter than this is malformed.
 KIND_LENGTHS = {DATA: 6, END: 4, DROP: 3, ERROR: 5}
+# Where each kind carries its routing epoch: a fixed index, so that fields appended to a
+# kind later (with defaults) do not move it. ERROR carries none.
+EPOCH_INDEX = {DATA: 5, END: 3, DROP: 2}
+
+
+def epoch_of(msg: list) -> int:
+    """The routing epoch of a DATA/END/DROP message (checked for its length beforehand)."""
+    return msg[EPOCH_INDEX[msg[0]]]
 
 # Client plane.
 SUBMIT, CANCEL, BYE = 0, 1, 2

@@ -22,7 +22,9 @@ from alto_bus.routing.choice import LoadView, pow2_choice
 from alto_bus.routing.keytable import KeyTable
 from alto_bus.routing.pool_route import PoolRoute
 
-GATEWAY = 0  # destination id of the gateway's results inbox
+# The destination id of the gateway's results inbox. Instance ids start at 1
+# (control/membership.py), so 0 is reserved for it and never names an instance.
+GATEWAY = 0
 
 
 class _Park:
@@ -170,13 +172,13 @@ class RouteTable:
     # -- routing one item ---------------------------------------------------------------
 
     def route(self, msg: list, path: list, stream: bool = False) -> Decision:
-        """Where ``msg`` (a DATA/END/DROP of item ``path``, its epoch last) goes next.
+        """Where ``msg`` (a DATA/END/DROP of item ``path``) goes next.
         ``stream``: a chunk of a streamed item; all its chunks go to one instance."""
         if self.next is None:
             return GATEWAY
         kd = self.key_depth
         if kd is not None and len(path) >= kd:
-            return self._key_owner(msg[-1], path, kd)
+            return self._key_owner(wire.epoch_of(msg), path, kd)
         ids = self.next_ids
         if not ids:
             return PARK

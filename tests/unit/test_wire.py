@@ -93,3 +93,9 @@ def test_join_chunks():
     assert wire.join_chunks(["a", "b"]) == "ab"
     assert wire.join_chunks([[1], [2, 3]]) == [1, 2, 3]
     assert wire.join_chunks([{"a": 1}]) == {"a": 1}
+
+
+def test_the_epoch_is_read_at_its_own_index_even_when_fields_are_appended():
+    for msg in (wire.data([1, 0], 2, "x", True, 7), wire.end([1], 3, 7), wire.drop([1, 2], 7)):
+        assert wire.epoch_of(msg) == 7
+        assert wire.epoch_of(msg + ["a field a later version appends"]) == 7
