@@ -22,8 +22,8 @@ def cmd_launch(args: argparse.Namespace) -> int:
     from alto_bus.deploy.supervisor import launch
 
     _logging("WARNING" if not args.verbose else "INFO")
-    if args.hosts is not None:  # across the [[host]] tables, over ssh (alto_bus.deploy.node)
-        from alto_bus.deploy.node import launch_cluster_main
+    if args.hosts is not None:  # across the [[host]] tables, over ssh
+        from alto_bus.deploy.ssh_launch import launch_cluster_main
 
         return launch_cluster_main(args)
     return launch(args.topology, log_level="INFO" if args.verbose else "WARNING")
@@ -63,7 +63,7 @@ def cmd_broker(args: argparse.Namespace) -> int:
         return 2
 
     if args.bind_host:  # a host of a cluster: loopback addresses become this host's
-        from alto_bus.deploy.node import bind_broker_on
+        from alto_bus.deploy.plan import bind_broker_on
 
         topo = bind_broker_on(topo, args.bind_host, args.port_base)
 
@@ -155,7 +155,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from alto_bus.deploy.supervisor import StatusProbe
+    from alto_bus.deploy.status_probe import StatusProbe
 
     try:
         curve = _curve(args)
@@ -244,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hosts", nargs="?", const="all",
                    help="start across the file's [[host]] tables over ssh: all, or NAME,NAME,... "
                         "(the first runs the broker)")
-    from alto_bus.deploy.node import add_cluster_arguments
+    from alto_bus.deploy.ssh_launch import add_cluster_arguments
 
     add_cluster_arguments(p)  # ssh options of --hosts
     p.set_defaults(func=cmd_launch)

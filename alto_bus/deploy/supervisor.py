@@ -1,16 +1,22 @@
-"""``alto launch``: a local supervisor for one topology on this machine.
+"""The per-host supervisor: starts a host's broker and instances as processes, watches them, stops them.
 
-It validates the topology, starts the broker and every stage instance as separate OS
-processes, prints the gateway address, one status line per stage and ``ready``, and
-stops everything on Ctrl-C or SIGTERM. Children run in their own session (a Ctrl-C
-reaches only the launcher, which stops them in order) and carry a parent-death signal,
-so even a launcher killed with SIGKILL leaves no orphan behind.
+One class for both commands. ``alto launch FILE`` is a supervisor with a one-host plan
+(:func:`~alto_bus.deploy.plan.local_plan`: this machine runs the broker and every
+instance on the file's addresses); ``alto node FILE --host NAME`` one with that host's
+share of the [[host]] tables (:func:`~alto_bus.deploy.plan.plan`).
+
+It prints the gateway address, status lines as instances register and ``ready``, and
+stops everything in order (instances first: they drain and leave; then the broker).
+Children run in their own session (a Ctrl-C reaches only the supervisor) and carry a
+parent-death signal, so even a supervisor killed with SIGKILL leaves no orphan: SIGTERM
+for ``alto launch``, SIGKILL for a node (a node that disappears takes its instances
+with it, as a lost machine would).
 """
 
 from __future__ import annotations
 
-import ctypes
 import json
+import logging
 import os
 import select
 import signal
@@ -21,148 +27,256 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-import zmq
-
-from alto_bus.net import curve as keys
 from alto_bus.deploy import topology as topo_mod
-from alto_bus.protocol import wire
-from alto_bus.net.sockets import make_socket
+from alto_bus.deploy.errors import LaunchError, NodeError
+from alto_bus.deploy.gpu_placement import Placed
+from alto_bus.deploy.plan import NodePlan, local_plan, rehost
+from alto_bus.deploy.processes import die_with
+from alto_bus.deploy.run_signal import run_until_signal
+from alto_bus.deploy.status_probe import StatusProbe
+from alto_bus.net import curve as keys
 
-_PR_SET_PDEATHSIG = 1
+__all__ = ["Child", "LaunchError", "NodeError", "StatusProbe", "Supervisor", "curve_args", "launch",
+           "run_until_signal"]
 
-
-class LaunchError(RuntimeError):
-    pass
-
-
-def _die_with_parent(parent: int) -> None:
-    """preexec_fn: SIGTERM this child when the launcher dies, however it dies."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:
-        return  # not Linux: the launcher's own shutdown still stops the children
-    if os.getppid() != parent:  # the launcher died before prctl took effect
-        os._exit(1)
+log = logging.getLogger("alto.node")
 
 
 @dataclass
 class Child:
-    role: str            # "broker" or "<stage>#<replica>"
+    role: str                      # "broker", "<stage>#<replica>" or "pool <pool>#<replica>"
     proc: subprocess.Popen
-    stage: str | None = None
+    placed: Placed | None = None
+    pidfd: int | None = None
+    done: bool = False             # its exit was reported
+
+    @property
+    def stage(self) -> str | None:
+        """The stage this instance serves (None for the broker and pool members)."""
+        return self.placed.stage if self.placed is not None and self.placed.what == "stage" else None
 
 
 @dataclass
 class Supervisor:
     topology_path: str
+    plan: NodePlan | None = None         # None: the file's one-host plan, loaded by start()
+    broker: str | None = None            # the control address (not on the broker's host)
+    port_base: int | None = None
     out: IO[str] = field(default_factory=lambda: sys.stdout)
     log_level: str = "WARNING"
-    ready_timeout: float = 600.0  # a vLLM engine can take minutes to start on a busy machine
+    broker_wait: float = 10.0
+    ready_timeout: float = 600.0  # a vLLM engine can take minutes to load
+    announce: bool = False
+    stop_grace: float | None = None      # per group (instances, broker); default 10 s here, 40 s on a node
     children: list[Child] = field(default_factory=list)
     addresses: dict[str, str] = field(default_factory=dict)
 
-    def _spawn(self, role: str, args: list[str], stage: str | None = None, **popen: Any) -> Child:
+    @property
+    def name(self) -> str:
+        assert self.plan is not None
+        return self.plan.host.name
+
+    @property
+    def _who(self) -> str:
+        """How messages name this supervisor: nothing for ``alto launch``, the host on a node."""
+        return "" if self.plan is None or self.plan.local else f"host {self.name!r}: "
+
+    # -- start ------------------------------------------------------------------------------
+
+    def _spawn(self, role: str, args: list[str], placed: Placed | None = None, **popen: Any) -> Child:
+        assert self.plan is not None
         env = dict(os.environ)
-        # Handlers are named "module:function" relative to where alto was launched.
+        # Handlers are named "module:function" relative to where alto was started.
         env["PYTHONPATH"] = os.pathsep.join(p for p in (os.getcwd(), env.get("PYTHONPATH", "")) if p)
         env["ALTO_LOG_LEVEL"] = self.log_level
-        parent = os.getpid()
-        proc = subprocess.Popen([sys.executable, "-m", "alto_bus", *args], env=env,
-                                start_new_session=True, preexec_fn=lambda: _die_with_parent(parent),
-                                **popen)
-        child = Child(role, proc, stage)
+        if placed is not None and not self.plan.local:
+            env["CUDA_VISIBLE_DEVICES"] = placed.cuda_visible_devices
+        death = signal.SIGTERM if self.plan.local else signal.SIGKILL
+        proc = subprocess.Popen([sys.executable, "-m", "alto_bus", *args], env=env, stdin=subprocess.DEVNULL,
+                                start_new_session=True, preexec_fn=die_with(os.getpid(), death), **popen)
+        child = Child(role, proc, placed)
+        try:
+            child.pidfd = os.pidfd_open(proc.pid)
+        except (AttributeError, OSError):
+            child.pidfd = None
         self.children.append(child)
         return child
 
     def start(self) -> None:
-        topology = topo_mod.load(self.topology_path)
-        broker = self._spawn("broker", ["broker", self.topology_path, "--announce"], stdout=subprocess.PIPE)
-        self.addresses = _read_announcement(broker.proc, timeout=30)
-        self._print(f"gateway {self.addresses['gateway']}")
-        self._print(f"control {self.addresses['control']}")
-        pooled = {s for p in topology.pools for s in p.stages}
-        for pool in topology.pools:
-            for r in range(pool.replicas):
-                self._spawn(f"pool {pool.name}#{r}", ["worker", "--broker", self.addresses["control"],
-                                                      "--pool", pool.name, *curve_args(topology)])
-        for stage in topology.stages:
-            if stage.name in pooled:
-                continue
-            for r in range(stage.replicas):
-                self._spawn(f"{stage.name}#{r}", ["worker", "--broker", self.addresses["control"],
-                                                  "--stage", stage.name, *curve_args(topology)], stage=stage.name)
-        self._await_ready(topology)
-        self._print("ready")
+        if self.plan is None:
+            self.plan = local_plan(topo_mod.load(self.topology_path))
+        p = self.plan
+        curve = keys.topology_curve(p.topology, "broker" if p.runs_broker else "worker", p.host.name)
+        if p.runs_broker:
+            self._start_broker()
+        else:
+            assert self.broker is not None
+            self._probe(curve)
+        for placed in p.instances:
+            role = f"{'pool ' if placed.what == 'pool' else ''}{placed.stage}#{placed.replica}"
+            self._spawn(role, self._worker_args(placed), placed)
+        self._await_ready(curve)
 
-    def _await_ready(self, topology: topo_mod.Topology) -> None:
+    def _start_broker(self) -> None:
+        assert self.plan is not None
+        args = ["broker", self.topology_path, "--announce"]
+        if not self.plan.local:
+            args += ["--bind-host", self.plan.host.address]
+        if self.port_base is not None:
+            args += ["--port-base", str(self.port_base)]
+        broker = self._spawn("broker", args, stdout=subprocess.PIPE)
+        try:
+            self.addresses = _read_announcement(broker.proc, timeout=30)
+        except NodeError as exc:
+            raise NodeError(f"{self._who}{exc}") from None
+        self.broker = self.addresses["control"]
+        if self.announce:
+            self._print(json.dumps(self.addresses))
+        else:
+            self._print(f"gateway {self.addresses['gateway']}")
+            self._print(f"control {self.addresses['control']}")
+
+    def _worker_args(self, placed: Placed) -> list[str]:
+        assert self.plan is not None and self.broker is not None
+        p, topo = self.plan, self.plan.topology
+        unit = topo.pool(placed.stage) if placed.what == "pool" else topo.stage(placed.stage)
+        args = ["worker", "--broker", self.broker, f"--{placed.what}", unit.name]
+        if p.local:
+            return [*args, *curve_args(topo)]
+        worker_key = topo.security.host_key(p.host) if topo.security else None
+        return [*args, "--host-name", p.host.name, "--inbox", rehost(unit.inbox, p.host.address),
+                "--advertise", unit.advertise or p.host.address, *curve_args(topo, worker_key)]
+
+    def _probe(self, curve: keys.Curve | None) -> None:
+        """Ask the broker for its status before starting anything (bounded by broker_wait)."""
+        assert self.plan is not None
+        with StatusProbe(self.broker, curve=curve) as probe:
+            status = probe.query(timeout=self.broker_wait)
+        if status is not None:
+            return
+        refused = {k: v for k, v in keys.refusals().items() if k.startswith("status probe") and v}
+        if refused:
+            raise NodeError(f"host {self.name!r}: the broker at {self.broker} refused this host's key "
+                            f"({self.plan.topology.security.host_key(self.plan.host)}): it is not in its allowed keys")
+        raise NodeError(f"host {self.name!r}: the broker at {self.broker} did not answer within "
+                        f"{self.broker_wait:g} s (is it running, and is this the right address?)")
+
+    def _await_ready(self, curve: keys.Curve | None) -> None:
+        """Print each stage once all its replicas registered (broker's host), this host's line (a node)."""
+        assert self.plan is not None
+        p, topo = self.plan, self.plan.topology
+        mine = {c.proc.pid for c in self.children if c.placed is not None}
         reported: set[str] = set()
+        own_ready = p.local  # a one-host plan: every stage registered says it all
         deadline = time.monotonic() + self.ready_timeout
-        with StatusProbe(self.addresses["control"], curve=keys.topology_curve(topology, "broker")) as probe:
+        t0 = time.monotonic()
+        with StatusProbe(self.broker, curve=curve) as probe:
             while True:
                 self._check_children()
                 status = probe.query(timeout=1.0)
                 if status is not None:
-                    for stage in topology.stages:
-                        insts = status["stages"][stage.name]["instances"]
-                        if stage.name not in reported and len(insts) >= stage.replicas:
-                            reported.add(stage.name)
-                            pids = ", ".join(str(i["pid"]) for i in insts)
-                            self._print(f"stage {stage.name} ({stage.kind}): {len(insts)}/{stage.replicas} "
-                                        f"instances ready (pids {pids})")
-                    if len(reported) == len(topology.stages):
+                    insts = [i for st in status["stages"].values() for i in st["instances"]]
+                    up = {i["pid"] for i in insts if i["host"] == self.name and i["pid"] in mine}
+                    if not own_ready and up == mine:  # (also with no instance: says the host is up)
+                        own_ready = True
+                        self._print(f"host {self.name}: {len(mine)} instance(s) ready "
+                                    f"({time.monotonic() - t0:.1f} s)")
+                    if p.runs_broker:
+                        for stage in topo.stages:
+                            got = status["stages"][stage.name]["instances"]
+                            if stage.name not in reported and len(got) >= stage.replicas:
+                                reported.add(stage.name)
+                                where = (f"pids {', '.join(str(i['pid']) for i in got)}" if p.local
+                                         else ", ".join(f"{i['host']}:{i['pid']}" for i in got))
+                                self._print(f"stage {stage.name} ({stage.kind}): {len(got)}/{stage.replicas} "
+                                            f"instances ready ({where})")
+                    if own_ready and (not p.runs_broker or len(reported) == len(topo.stages)):
+                        if p.runs_broker:
+                            self._print("ready")
                         return
                 if time.monotonic() > deadline:
-                    missing = [s.name for s in topology.stages if s.name not in reported]
-                    raise LaunchError(f"stages {missing} did not register within {self.ready_timeout:g} s")
+                    missing = [s.name for s in topo.stages if s.name not in reported]
+                    what = f"stages {missing}" if p.runs_broker else "its instances"
+                    raise NodeError(f"{self._who}{what} did not register within {self.ready_timeout:g} s")
 
     def _check_children(self) -> None:
         for child in self.children:
             code = child.proc.poll()
             if code is not None:
-                raise LaunchError(f"{child.role} (pid {child.proc.pid}) exited with code {code} during start-up")
+                raise NodeError(f"{self._who}{child.role} (pid {child.proc.pid}) exited with code {code} "
+                                "during start-up (its log is above)")
 
-    def supervise(self, stop_flag: list[bool]) -> int:
-        """Wait for a stop request; report children that exit. Returns the exit code."""
+    # -- run and stop -----------------------------------------------------------------------
+
+    def supervise(self, stop: list[bool], watch_stdin: bool = False) -> int:
+        """Serve until a signal (``stop``), stdin EOF, or the broker (or every instance) is gone."""
+        assert self.plan is not None
         rfd, wfd = os.pipe()
         os.set_blocking(wfd, False)
-        old = signal.set_wakeup_fd(wfd)
+        old_wakeup = signal.set_wakeup_fd(wfd)
         try:
-            while not stop_flag[0]:
-                select.select([rfd], [], [], 1.0)
-                try:
-                    os.read(rfd, 4096)
-                except BlockingIOError:
-                    pass
-                for child in self.children:
-                    code = child.proc.poll()
-                    if code is not None and not getattr(child, "reported", False):
-                        child.reported = True  # type: ignore[attr-defined]
-                        self._print(f"{child.role} (pid {child.proc.pid}) exited with code {code}")
-                        if child.role == "broker":
-                            return 1
-            return 0
+            return self._serve(stop, rfd, sys.stdin.fileno() if watch_stdin else None)
         finally:
-            signal.set_wakeup_fd(old)
+            signal.set_wakeup_fd(old_wakeup)
             os.close(rfd)
             os.close(wfd)
 
-    def stop(self, grace: float = 10.0) -> None:
-        """SIGTERM every child, wait, then SIGKILL what is left. Leaves nothing running."""
-        for child in reversed(self.children):
-            if child.proc.poll() is None:
+    def _serve(self, stop: list[bool], wake_fd: int, stdin_fd: int | None) -> int:
+        assert self.plan is not None
+        prefix = "" if self.plan.local else f"host {self.name}: "
+        while not stop[0]:
+            fds = [wake_fd] + [c.pidfd for c in self.children if c.pidfd is not None and not c.done]
+            if stdin_fd is not None:
+                fds.append(stdin_fd)
+            ready, _, _ = select.select(fds, [], [], 5.0)
+            if wake_fd in ready:
                 try:
-                    child.proc.send_signal(signal.SIGTERM)
-                except ProcessLookupError:
+                    os.read(wake_fd, 4096)
+                except BlockingIOError:
                     pass
-        deadline = time.monotonic() + grace
+            if stdin_fd is not None and stdin_fd in ready:
+                if not os.read(stdin_fd, 4096):
+                    log.info("host %s: stdin closed; stopping", self.name)
+                    return 0
+            for child in self.children:
+                code = child.proc.poll()
+                if code is None or child.done:
+                    continue
+                child.done = True
+                self._print(f"{prefix}{child.role} (pid {child.proc.pid}) exited with code {code}")
+                if child.role == "broker":
+                    return 1
+            workers = [c for c in self.children if c.placed is not None]
+            if workers and all(c.done for c in workers) and not self.plan.runs_broker:
+                return 0 if all(c.proc.returncode == 0 for c in workers) else 1
+        return 0
+
+    def stop(self, grace: float | None = None) -> None:
+        """Instances first (they drain and leave), then the broker; SIGKILL what outlives ``grace``."""
+        if grace is None:
+            grace = self.stop_grace if self.stop_grace is not None else (
+                10.0 if self.plan is None or self.plan.local else 40.0)
+        instances = [c for c in self.children if c.role != "broker"]
+        for group in (instances, [c for c in self.children if c.role == "broker"]):
+            for child in group:
+                if child.proc.poll() is None:
+                    try:
+                        child.proc.send_signal(signal.SIGTERM)
+                    except ProcessLookupError:
+                        pass
+            deadline = time.monotonic() + grace
+            for child in group:
+                try:
+                    child.proc.wait(max(0.0, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    child.proc.kill()
+                    child.proc.wait()
         for child in self.children:
-            try:
-                child.proc.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                child.proc.kill()
-                child.proc.wait()
             if child.proc.stdout is not None:
                 child.proc.stdout.close()
+            if child.pidfd is not None:
+                os.close(child.pidfd)
+                child.pidfd = None
 
     def _print(self, line: str) -> None:
         print(line, file=self.out, flush=True)
@@ -177,76 +291,13 @@ def curve_args(topology: topo_mod.Topology, key: str | None = None) -> list[str]
 def _read_announcement(proc: subprocess.Popen, timeout: float) -> dict[str, str]:
     ready, _, _ = select.select([proc.stdout], [], [], timeout)
     if not ready:
-        raise LaunchError(f"the broker did not start within {timeout:g} s")
+        raise NodeError(f"the broker did not start within {timeout:g} s")
     line = proc.stdout.readline()
     if not line:
-        raise LaunchError(f"the broker exited with code {proc.wait()} before it was up (see its log above)")
+        raise NodeError(f"the broker exited with code {proc.wait()} before it was up (see its log above)")
     return json.loads(line)
-
-
-class StatusProbe:
-    """Ask a broker for its status (used by the launcher and ``alto status``)."""
-
-    def __init__(self, control: str, curve: Any = None) -> None:
-        self.ctx = zmq.Context.instance()
-        self.sock = make_socket(self.ctx, zmq.DEALER, connect=control,
-                                curve=curve.to_broker("status probe") if curve else None)
-
-    def __enter__(self) -> StatusProbe:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.sock.close(linger=0)
-
-    def query(self, timeout: float) -> dict | None:
-        self.sock.send(wire.encode_control("status"))
-        deadline = time.monotonic() + timeout
-        while (left := deadline - time.monotonic()) > 0:
-            if not self.sock.poll(left * 1000):
-                return None
-            op, body = wire.decode_control(self.sock.recv())
-            if op == "status":
-                return body
-        return None
-
-    def request(self, op: str, timeout: float) -> bool:
-        self.sock.send(wire.encode_control(op))
-        return bool(self.sock.poll(timeout * 1000))
 
 
 def launch(path: str | Path, *, out: IO[str] = sys.stdout, log_level: str = "WARNING") -> int:
     """Run ``alto launch``; returns the process exit code."""
-    return run_until_signal(Supervisor(str(path), out=out, log_level=log_level), (LaunchError,), out)
-
-
-def run_until_signal(runner: Any, failures: tuple[type[BaseException], ...], out: IO[str] = sys.stdout,
-                     wake: Any = None) -> int:
-    """Start ``runner`` and supervise it until SIGINT/SIGTERM or its own end; the exit code.
-
-    ``runner`` has ``start()``, ``supervise(stop_flag) -> int`` and ``stop()`` (a
-    :class:`Supervisor`, a cluster launcher). A topology error exits 2, one of
-    ``failures`` 1, with the message on stderr; ``runner`` is stopped in every case.
-    ``wake()`` is called from the signal handler for a runner that sleeps in a wait.
-    """
-    stop_flag = [False]
-
-    def on_signal(signum: int, frame: Any) -> None:
-        stop_flag[0] = True
-        if wake is not None:
-            wake()
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-    try:
-        runner.start()
-        code = runner.supervise(stop_flag)
-        print("stopping", file=out, flush=True)
-        return code
-    except topo_mod.TopologyError as exc:
-        print(f"error: {exc}", file=sys.stderr, flush=True)
-        return 2
-    except failures as exc:
-        print(f"error: {exc}", file=sys.stderr, flush=True)
-        return 1
-    finally:
-        runner.stop()
+    return run_until_signal(Supervisor(str(path), out=out, log_level=log_level), (NodeError,), out)

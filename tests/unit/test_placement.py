@@ -95,9 +95,11 @@ def test_describe_names_every_host():
 
 from pathlib import Path  # noqa: E402
 
-from alto_bus.deploy import node  # noqa: E402
-from alto_bus.net import curve as keys  # noqa: E402
+from alto_bus.deploy import plan as plans  # noqa: E402
+from alto_bus.deploy import slurm  # noqa: E402
+from alto_bus.deploy.errors import NodeError  # noqa: E402
 from alto_bus.deploy.topology import TopologyError, gpus_per_instance, load, place_instances  # noqa: E402
+from alto_bus.net import curve as keys  # noqa: E402
 from tests.support import write_topology  # noqa: E402
 
 H = "tests.integration.handlers"
@@ -235,8 +237,8 @@ def test_a_missing_secret_is_named_with_the_host_before_anything_starts(tmp_path
     make_keys(tmp_path)
     (tmp_path / "keys/worker.key_secret").unlink()
     topo = load(write_topology(tmp_path, secure()))
-    with pytest.raises(node.NodeError) as err:
-        node.load_keys(node.plan(topo, "b"))
+    with pytest.raises(NodeError) as err:
+        plans.load_keys(plans.plan(topo, "b"))
     assert "host 'b'" in str(err.value) and "worker.key_secret: no such key file" in str(err.value)
 
 
@@ -244,51 +246,51 @@ def test_a_missing_secret_is_named_with_the_host_before_anything_starts(tmp_path
 
 
 def test_slurm_host_lists_expand():
-    assert node.expand_hostlist("gpu[01-03,7],login1") == ["gpu01", "gpu02", "gpu03", "gpu7", "login1"]
-    assert node.expand_hostlist("n1") == ["n1"]
-    assert node.expand_hostlist("a[1-2]-ib[0-1]") == ["a1-ib0", "a1-ib1", "a2-ib0", "a2-ib1"]
+    assert slurm.expand_hostlist("gpu[01-03,7],login1") == ["gpu01", "gpu02", "gpu03", "gpu7", "login1"]
+    assert slurm.expand_hostlist("n1") == ["n1"]
+    assert slurm.expand_hostlist("a[1-2]-ib[0-1]") == ["a1-ib0", "a1-ib1", "a2-ib0", "a2-ib1"]
 
 
 def test_the_slurm_environment_says_which_node_this_is():
     env = {"SLURM_JOB_NODELIST": "gpu[1-3]", "SLURM_JOB_ID": "77", "SLURMD_NODENAME": "gpu2", "SLURM_NODEID": "1"}
-    sn = node.slurm_node(env)
+    sn = slurm.slurm_node(env)
     assert (sn.nodes, sn.name, sn.job_id) == (["gpu1", "gpu2", "gpu3"], "gpu2", "77")
-    assert node.slurm_node({**env, "SLURMD_NODENAME": "x"}).name == "gpu2"  # by SLURM_NODEID
-    with pytest.raises(node.NodeError, match="run it under srun"):
-        node.slurm_node({})
-    assert node.slurm_port_base("77") == node.slurm_port_base(77) == 20000 + 3 * 77
+    assert slurm.slurm_node({**env, "SLURMD_NODENAME": "x"}).name == "gpu2"  # by SLURM_NODEID
+    with pytest.raises(NodeError, match="run it under srun"):
+        slurm.slurm_node({})
+    assert slurm.slurm_port_base("77") == slurm.slurm_port_base(77) == 20000 + 3 * 77
 
 
 def test_slurm_nodes_become_the_hosts(tmp_path):
     topo = load(write_topology(tmp_path, {"stage": cluster()["stage"]}))
-    sn = node.SlurmNode(["n1", "n2"], "n2", "5")
-    hosts = node.slurm_topology(topo, sn, None, {"SLURM_GPUS_ON_NODE": "4"}).hosts
+    sn = slurm.SlurmNode(["n1", "n2"], "n2", "5")
+    hosts = slurm.slurm_topology(topo, sn, None, {"SLURM_GPUS_ON_NODE": "4"}).hosts
     assert [(h.name, h.address, h.gpus) for h in hosts] == [("n1", "n1", 4), ("n2", "n2", 4)]
     named = load(write_topology(tmp_path, cluster(), "named.toml"))
     with pytest.raises(TopologyError, match="Slurm node 'n1' is not a \\[\\[host\\]\\]"):
-        node.slurm_topology(named, sn, None, {})
-    sub = node.slurm_topology(named, node.SlurmNode(["b"], "b", "5"), None, {})
+        slurm.slurm_topology(named, sn, None, {})
+    sub = slurm.slurm_topology(named, slurm.SlurmNode(["b"], "b", "5"), None, {})
     assert [h.name for h in sub.hosts] == ["b"]
 
 
 def test_the_broker_binds_where_its_host_is_reached(tmp_path):
     topo = load(write_topology(tmp_path, cluster()))
-    moved = node.bind_broker_on(topo, "198.18.0.1", None).broker
+    moved = plans.bind_broker_on(topo, "198.18.0.1", None).broker
     assert (moved.control, moved.advertise) == ("tcp://198.18.0.1:0", "198.18.0.1")
-    fixed = node.bind_broker_on(topo, "198.18.0.1", 20030).broker
+    fixed = plans.bind_broker_on(topo, "198.18.0.1", 20030).broker
     assert (fixed.control, fixed.gateway, fixed.results) == (
         "tcp://198.18.0.1:20030", "tcp://198.18.0.1:20031", "tcp://198.18.0.1:20032")
-    assert node.broker_control(topo, topo.hosts[0], 20030) == "tcp://198.18.0.1:20030"
-    with pytest.raises(node.NodeError, match="a fixed port is needed"):
-        node.broker_control(topo, topo.hosts[0], None)
-    assert node._rehost("tcp://0.0.0.0:5555", "198.18.0.1") == "tcp://0.0.0.0:5555"  # the user's choice stays
-    assert node._rehost("ipc:///tmp/x", "198.18.0.1") == "ipc:///tmp/x"
+    assert plans.broker_control(topo, topo.hosts[0], 20030) == "tcp://198.18.0.1:20030"
+    with pytest.raises(NodeError, match="a fixed port is needed"):
+        plans.broker_control(topo, topo.hosts[0], None)
+    assert plans.rehost("tcp://0.0.0.0:5555", "198.18.0.1") == "tcp://0.0.0.0:5555"  # the user's choice stays
+    assert plans.rehost("ipc:///tmp/x", "198.18.0.1") == "ipc:///tmp/x"
 
 
 def test_a_node_plan_is_its_hosts_share(tmp_path):
     topo = load(write_topology(tmp_path, cluster(gpus=1)))
-    a, b = node.plan(topo, "a"), node.plan(topo, "b", ["b", "a"])
-    assert a.runs_broker and not node.plan(topo, "b").runs_broker and b.runs_broker
+    a, b = plans.plan(topo, "a"), plans.plan(topo, "b", ["b", "a"])
+    assert a.runs_broker and not plans.plan(topo, "b").runs_broker and b.runs_broker
     assert sorted(p.stage for p in a.instances) == ["split", "upper"]
     with pytest.raises(TopologyError, match="no \\[\\[host\\]\\] named 'c'"):
-        node.plan(topo, "c")
+        plans.plan(topo, "c")
