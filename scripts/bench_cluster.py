@@ -30,7 +30,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -42,13 +41,10 @@ import zmq  # noqa: E402
 from alto_bus.net import curve as keys  # noqa: E402
 from alto_bus.protocol import wire  # noqa: E402
 from alto_bus.net.sockets import bound_address, make_socket  # noqa: E402
+from scripts.hop_broker import FakeBroker  # noqa: E402
 
 SMALL = "x" * 8
 TOKENS16 = list(range(1000, 1016))
-CONFIG = {"name": "hop", "kind": "function", "input": None, "replicas": 1, "inbox": "tcp://127.0.0.1:0",
-          "advertise": None, "queue": 4096, "concurrency": 256, "flush_ms": 1.0, "batch_bytes": 65536,
-          "fields": {}, "next": None, "fans_out": False, "out_depth": 1, "key_depth": None}
-
 
 def identity(x):
     return x
@@ -66,44 +62,6 @@ def serve_worker(control: str, host: str, keydir: str | None) -> None:
     curve = keys.client_curve(f"{keydir}/worker.key", f"{keydir}/broker.key") if keydir else None
     w = Worker("hop", handler=identity, broker=control, inbox=f"tcp://{host}:0", curve=curve)
     asyncio.run(w.run())
-
-
-class FakeBroker(threading.Thread):
-    """Answers the worker's hello/ready (results: the sink), ignores the rest."""
-
-    def __init__(self, host: str, curve: keys.Curve | None, allowed: list[bytes]) -> None:
-        super().__init__(daemon=True)
-        self.ctx = zmq.Context.instance()
-        self.sock = make_socket(self.ctx, zmq.ROUTER, bind=f"tcp://{host}:0",
-                                curve=curve and curve.server("bench broker"))
-        self.address = bound_address(self.sock)
-        self.results = ""
-        self.allowed = allowed
-        self.inbox: str | None = None
-        self.identity: bytes | None = None
-        self.registered = threading.Event()
-        self.stopping = False
-
-    def run(self) -> None:
-        while not self.stopping:
-            if not self.sock.poll(100):
-                continue
-            ident, frame = self.sock.recv_multipart()
-            op, body = wire.decode_control(frame)
-            if op == "hello":
-                self.sock.send_multipart([ident, wire.encode_control("welcome", {
-                    "config": CONFIG, "heartbeat_interval": 1.0, "liveness": 5, "results": self.results,
-                    "allowed": self.allowed})])
-            elif op == "ready":
-                self.inbox, self.identity = body["address"], ident
-                self.sock.send_multipart([ident, wire.encode_control("registered", {"iid": 1})])
-                self.registered.set()
-
-    def shutdown(self) -> None:
-        if self.identity is not None:
-            self.sock.send_multipart([self.identity, wire.encode_control("shutdown", {})])
-        time.sleep(0.2)
-        self.stopping = True
 
 
 def source_proc(inbox: str, n: int, payload, keydir: str | None, go) -> None:
@@ -163,7 +121,7 @@ class Hop:
         broker_curve = (keys.process_curve(f"{keydir}/broker.key", f"{keydir}/broker.key", f"{keydir}/allowed")
                         if keydir else None)
         allowed = sorted(broker_curve.allowed) if broker_curve else []
-        self.broker = FakeBroker(here, broker_curve, allowed)
+        self.broker = FakeBroker(host=here, curve=broker_curve, allowed=allowed)
         self.sink = make_socket(ctx, zmq.PULL, bind=f"tcp://{here}:0", hwm=100_000,
                                 curve=broker_curve and broker_curve.server("bench sink"))
         self.broker.results = bound_address(self.sink)
@@ -282,9 +240,9 @@ def main() -> None:
     p.add_argument("--launches", type=int, default=3)
     p.add_argument("--json")
     args = p.parse_args()
-    from tests.cluster.netns import Hosts, why_not_runnable
+    from tests.cluster.netns import TOOLS, Hosts, missing, not_root
 
-    reason = why_not_runnable()
+    reason = not_root() or missing(TOOLS, "bench_cluster.py")
     if reason:
         sys.exit(f"error: {reason}")
     out: dict = {"repeats": args.repeats, "messages": args.messages, "cpus": os.cpu_count()}

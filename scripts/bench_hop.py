@@ -23,7 +23,6 @@ import multiprocessing as mp
 import os
 import statistics
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -33,6 +32,7 @@ import msgpack  # noqa: E402
 import zmq  # noqa: E402
 
 from alto_bus.protocol import wire  # noqa: E402
+from scripts.hop_broker import FakeBroker  # noqa: E402, F401 (tests/bench use it from here)
 
 SMALL = "x" * 8
 TOKENS16 = list(range(1000, 1016))
@@ -69,46 +69,6 @@ def alto_worker(control: str, ready) -> None:
     w = Worker("hop", handler=identity, broker=control, inbox="tcp://127.0.0.1:0")
     ready.set()
     asyncio.run(w.run())
-
-
-class FakeBroker(threading.Thread):
-    """Answers a worker's hello/ready so it joins, with the sink as its results inbox."""
-
-    def __init__(self, results: str) -> None:
-        super().__init__(daemon=True)
-        self.ctx = zmq.Context.instance()
-        self.sock = self.ctx.socket(zmq.ROUTER)
-        port = self.sock.bind_to_random_port("tcp://127.0.0.1")
-        self.address = f"tcp://127.0.0.1:{port}"
-        self.results = results
-        self.inbox: str | None = None
-        self.registered = threading.Event()
-        self.identity: bytes | None = None
-        self.stopping = False
-
-    def run(self) -> None:
-        cfg = {"name": "hop", "kind": "function", "input": None, "replicas": 1, "inbox": "tcp://127.0.0.1:0",
-               "advertise": None, "queue": 4096, "concurrency": 256, "flush_ms": 1.0,
-               "batch_bytes": 65536, "fields": {}, "next": None, "fans_out": False, "out_depth": 1,
-               "key_depth": None}
-        while not self.stopping:
-            if not self.sock.poll(100):
-                continue
-            ident, frame = self.sock.recv_multipart()
-            op, body = wire.decode_control(frame)
-            if op == "hello":
-                self.sock.send_multipart([ident, wire.encode_control("welcome", {
-                    "config": cfg, "heartbeat_interval": 1.0, "liveness": 5, "results": self.results})])
-            elif op == "ready":
-                self.inbox = body["address"]
-                self.identity = ident
-                self.sock.send_multipart([ident, wire.encode_control("registered", {"iid": 1})])
-                self.registered.set()
-
-    def shutdown(self) -> None:
-        if self.identity is not None:
-            self.sock.send_multipart([self.identity, wire.encode_control("shutdown", {})])
-        self.stopping = True
 
 
 # -- measurements ----------------------------------------------------------------------------
