@@ -12,7 +12,8 @@ import pytest
 
 from alto_workers.factool import handlers, prompts
 from alto_workers.factool.reference import Reference, split_lines, split_sentences
-from alto_workers.factool.workload import DEFAULT_PATH, PROMPT_NAMES, Workload, generate
+from alto_workers.factool.workload import DEFAULT_PATH, PROMPT_NAMES, Workload
+from alto_workers.factool.workload_gen import generate
 from alto_workers.retrieve import BM25Index
 
 
