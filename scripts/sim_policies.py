@@ -5,11 +5,11 @@ A design aid for tuning the prompt-aware policy, not the benchmark (that runs th
 system). No sockets, no real time: a discrete-event model of
 
 * a pool of LM instances, each the ``sim`` engine's pure core (workers/lm/sim_model.py):
-  continuous batching with chunked prefill, the SIM_FACTS.md step model
+  continuous batching with chunked prefill, the sim engine's step model
   ``max(a + b*B, (D + P)/R) + c*ctx/1000`` with its A100 / Llama-3-8B defaults, KV
   admission, and a block-hashed prefix cache (hits skip prefill; a block in use cannot
   be evicted; idle ones go least recently released first);
-* FacTool-like prompts (FACTOOL_FACTS.md sizes) whose calls arrive in fan-out bursts:
+* FacTool-like prompts (FacTool's prompt sizes) whose calls arrive in fan-out bursts:
   each pipeline request brings one answer and one claim-extraction call, about 2 query
   calls per claim and one verification call per claim; halfway through, the claims per
   answer triple for the verification stage (its fan-out triples);
@@ -55,7 +55,7 @@ from alto_workers.lm.sim_model import SimCore, SimParams, SimSeq, StepResult  # 
 @dataclass(frozen=True)
 class PromptSpec:
     name: str
-    prefix: int      # shared fixed part, tokens (FACTOOL_FACTS.md, ~4 chars/token)
+    prefix: int      # shared fixed part, tokens (FacTool's templates, ~4 chars/token)
     var: int         # mean variable part, tokens
     out: int         # mean output, tokens
 

@@ -1,4 +1,4 @@
-"""Check the sim engine's step model against the published figures of SIM_FACTS.md.
+"""Check the sim engine's step model against published figures (sources: workers/lm/sim_model.py).
 
 Runs the pure model (workers/lm/sim_model.py) on a virtual clock, no sleeping, and
 prints a markdown table: figure, published, sim, ratio (sim / published).

@@ -5,7 +5,7 @@ engine iteration (vLLM-style continuous batching with chunked prefill) and retur
 emulated duration; the caller owns time: the asyncio engine (``sim.py``) sleeps for it,
 ``scripts/validate_sim.py`` adds it to a virtual clock.
 
-Step time, with the published figures behind each default in SIM_FACTS.md::
+Step time, with the published figures behind each default in the comments of SimParams::
 
     max(a + b*B, (D + P) / R) + c * ctx / 1000
 
@@ -111,7 +111,7 @@ class SimParams:
         return (compute + self.step_per_kctx_ms * context / 1000.0) / 1000.0
 
 
-# H100 variant: SIM_FACTS.md's suggested fit† for the same model (vLLM blog H100_8B
+# H100 variant: a fit† for the same model for the same model (vLLM blog H100_8B
 # plot); max_num_seqs / max_num_batched_tokens are vLLM's H100 defaults.
 PRESETS: dict[str, dict[str, Any]] = {
     "a100-llama3-8b": {},
