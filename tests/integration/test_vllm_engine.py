@@ -121,6 +121,10 @@ def n_tokens(outs: list[EngineOutput]) -> int:
     return sum(len(o.token_ids) for o in outs)
 
 
+def token_ids(outs: list[EngineOutput]) -> list[int]:
+    return [t for o in outs for t in o.token_ids]
+
+
 def exact(n: int) -> SamplingParams:
     return SamplingParams(max_tokens=n, temperature=0.0, ignore_eos=True)
 
@@ -212,7 +216,8 @@ def test_stop_and_seed_reach_vllm(engine: VllmEngine, runner: LoopThread):
     sampled = SamplingParams(max_tokens=12, temperature=1.0, seed=1234, ignore_eos=True)
     a, _ = runner.run(collect(engine, "seed-a", prompt, sampled))
     b, _ = runner.run(collect(engine, "seed-b", prompt, sampled))
-    assert [o.token_ids for o in a] == [o.token_ids for o in b]
+    # The same seed gives the same tokens; how vLLM batches them into deltas depends on timing.
+    assert token_ids(a) == token_ids(b) and len(token_ids(a)) == 12
 
 
 def test_stats_count_decode_and_cached_prefix(
