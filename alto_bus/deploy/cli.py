@@ -191,6 +191,8 @@ def _format_status(status: dict[str, Any]) -> str:
         for prompt, members in pool["placement"].items():
             demand = pool["demand_tokens_per_s"].get(prompt, 0.0)
             lines.append(f"  prompt {prompt}: demand {demand:,.0f} tok/s on {', '.join(members)}")
+            if prompt in pool.get("held", {}):
+                lines.append(f"    held: {pool['held'][prompt]}")
         for member, load in pool["member_loads"].items():
             hit = pool["hit_rates"].get(member)
             lines.append(f"  member {member}: load {load}" + (f", prefix-cache hit rate {hit:.0%}" if hit is not None

@@ -248,6 +248,9 @@ class Policy(ABC):
     def __init__(self) -> None:
         self._spills: Spills = {}
         self._turn = 0   # rotation among near-tied instances (see ``lightest``)
+        # Prompts this round kept on more instances than their demand asks for, and why
+        # (a decision is logged only when a placement changes; this says why it did not).
+        self.held: dict[Prompt, str] = {}
 
     def next_turn(self) -> int:
         self._turn += 1

@@ -129,4 +129,5 @@ class PoolScheduler:
             "hit_rates": {m: round(v, 3) for m, v in self.hit_rates.items()},
             "kv": {m: {"capacity": c, "used": u} for m, (c, u) in self.kv.items()},
             "decisions": list(self.decisions)[-10:],
+            "held": dict(self.policy.held),
         }

@@ -169,6 +169,7 @@ class PromptAware(Policy):
         # Entered at ample_kv, left under half of it: no flapping on a KV figure's noise.
         self._ample = bool(self.ample_kv) and room >= self.ample_kv * (0.5 if self._ample else 1.0)
         if self._ample:
+            self.held = {}
             self._smooth(inp.demand(), inp.all_prompts())   # keep the demand memory current
             return everywhere(inp, self, f"every prefix fits {room:.0f}x over in the free KV cache "
                                          "of every instance: on every instance, balanced by load")
@@ -201,6 +202,7 @@ class PromptAware(Policy):
                                       f"(all its instances were over the load threshold)")
 
         target = {}
+        held: dict[Prompt, str] = {}
         for p in prompts:
             have = len(r.sets[p])
             k = n * demand[p] / total if total > 0 else 0.0
@@ -208,8 +210,11 @@ class PromptAware(Policy):
             if have and abs(k - have) < self.resize_margin:
                 want = have
             elif want < have and rnd - self._grew.get(p, -self.cooldown) < self.cooldown:
+                held[p] = f"wants {want}, keeps {have}: grew or spilled in round {self._grew[p]}"
                 want = have  # it grew moments ago (spills, a burst): let that settle
             elif want < have and total > 0 and n * r.peak[p] / total > have - self.resize_margin:
+                held[p] = (f"wants {want}, keeps {have}: its recent peak "
+                           f"({n * r.peak[p] / total:.2f} instances' worth) still needs them")
                 want = have  # its demand was high enough for `have` within the last cooldown rounds
             target[p] = want
             if want != have or not prev.get(p):
@@ -219,6 +224,7 @@ class PromptAware(Policy):
                                      f"{demand[p] / total if total else 0:.0%} of pool "
                                      f"-> {want} instance{'s' * (want != 1)}{was}")
 
+        self.held = held
         freed = self._shrink(r, target)
         for p in sorted(prompts, key=lambda q: (-demand[q], q)):
             self._grow(r, p, target[p])
@@ -276,6 +282,7 @@ class PromptAware(Policy):
             after, _ = r.project(trial)
             if max(after.values()) > max(limit, max(loads.values())):
                 r.notes[p].append(f"kept {inst}: without it the rest would be overloaded")
+                self.held[p] = f"wants {target[p]}, {r.notes[p][-1]}"
                 continue
             # The rest must carry the prompt's recent peak, not only today's smoothed demand.
             high, _ = project(trial, {**r.demand, p: max(r.demand[p], r.peak[p])}, r.pool)
@@ -283,6 +290,7 @@ class PromptAware(Policy):
             if rest > headroom:
                 r.notes[p].append(f"kept {inst}: without it its other instances would be at "
                                   f"{rest / r.mean:.2f}x the mean (over {headroom / r.mean:.3g}x)")
+                self.held[p] = f"wants {target[p]}, {r.notes[p][-1]}"
                 continue
             r.sets[p].remove(inst)
             if not r.hosted(inst):

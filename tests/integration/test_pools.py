@@ -79,7 +79,8 @@ def wait_for(sup: Any, what: str, cond: Callable[[dict], bool], timeout: float) 
             return pool
         time.sleep(0.25)
     pytest.fail(f"{what} within {timeout:g} s; last pool status: placement {pool.get('placement')}, "
-                f"demand {pool.get('demand_tokens_per_s')}, decisions {pool.get('decisions')}")
+                f"demand {pool.get('demand_tokens_per_s')}, held {pool.get('held')}, "
+                f"decisions {pool.get('decisions')}")
 
 
 def placed(pool: dict, prompt: str) -> int:
@@ -92,10 +93,6 @@ def check_results(results: list[tuple[str, Any]]) -> None:
                        f"first: {wrong[0][0]}: got {wrong[0][1]!r:.300}, want {ps.expected(W, wrong[0][0])!r:.300}")
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "known intermittent since the issue-12 refactor: in 1 of 3 fresh-clone runs (and 4 runs on a loaded "
-    "machine) prompt b kept 2 members for 20 s after its demand fell to a third of the pool's; the "
-    "shrink round did not come in time. Open: find whether the member loads the policy sees changed"))
 def test_placement_follows_a_shift_of_demand():
     # ample_kv = 0: placements sized by demand even though the sim's KV cache (410,000
     # tokens) would hold every prefix everywhere (then every prompt goes everywhere).
@@ -104,15 +101,19 @@ def test_placement_follows_a_shift_of_demand():
                        broker={"heartbeat_interval": 0.2, "heartbeat_liveness": 25})
     with running(topo) as sup, Client(sup.addresses["gateway"], timeout=60) as client:
         with Load(client, rate=25, limit=2000) as load:
-            # Phase 1: b has about a fifth of the work, so the policy gives it one instance
-            # (for two status reads in a row, not a passing state).
+            # Phase 1: b has about a fifth of the work, so the policy gives it one instance,
+            # or keeps a second one and says why (its recent peak, or the other instances'
+            # headroom), for two status reads in a row, not a passing state.
             ones = [0]
 
+            def small(p: dict) -> bool:
+                return placed(p, "b") == 1 or (placed(p, "b") == 2 and "b" in p["held"])
+
             def settled(p: dict) -> bool:
-                ones[0] = ones[0] + 1 if placed(p, "b") == 1 and p["demand_tokens_per_s"].get("b", 0) > 0 else 0
+                ones[0] = ones[0] + 1 if small(p) and p["demand_tokens_per_s"].get("b", 0) > 0 else 0
                 return ones[0] >= 2
 
-            p1 = wait_for(sup, "b did not settle on one instance", settled, 20)
+            p1 = wait_for(sup, "b did not settle on one instance (or two, held with a reason)", settled, 30)
             share1 = p1["demand_tokens_per_s"]["b"] / sum(p1["demand_tokens_per_s"].values())
             load.phase = 2
             # Phase 2: six long answers of b per request; its placement grows with its demand.

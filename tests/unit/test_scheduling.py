@@ -256,9 +256,11 @@ EDGE_DEMAND = {"check": 2080, "triage": 300, "plan": 500, "expand": 1000}
 def test_a_shrink_that_leaves_the_rest_near_the_rebalancing_trigger_is_not_made():
     # The count rule wants check on 2; without i2 its other instances would carry
     # 1.23x the mean: under the 1.25x trigger, over the 1.125x a shrink must leave.
-    pl = make_policy("prompt-aware").place(
-        RoundInput(instances=pool_of(4), figures=figures(EDGE_DEMAND), previous=EDGE))
+    policy = make_policy("prompt-aware")
+    pl = policy.place(RoundInput(instances=pool_of(4), figures=figures(EDGE_DEMAND), previous=EDGE))
     assert pl.prompts == EDGE.prompts and pl.decisions == ()
+    # No decision is logged, so the pool's status says why the prompt kept its instances.
+    assert set(policy.held) == {"check"} and "1.23x the mean" in policy.held["check"], policy.held
     edge = make_policy("prompt-aware", shrink_slack=1.0).place(   # shrink up to the trigger
         RoundInput(instances=pool_of(4), figures=figures(EDGE_DEMAND), previous=EDGE))
     assert len(edge.prompts["check"]) == 2
@@ -293,6 +295,8 @@ def test_a_dip_shorter_than_the_cooldown_does_not_shrink_a_prompt():
             pl = policy.place(RoundInput(instances=pool_of(4), figures=figures({"a": a, "b": 2000}),
                                          previous=pl))
             sizes.append(len(pl.prompts["a"]))
+            if len(sizes) == 20:   # the dip's last round: kept for the peak, and it says so
+                assert "recent peak" in policy.held.get("a", ""), policy.held
     assert sizes[:25] == [2] * 25
     low = sizes[25:]
     assert low[-1] == 1 and low.index(1) >= policy.cooldown
