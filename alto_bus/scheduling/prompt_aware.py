@@ -232,6 +232,7 @@ class PromptAware(Policy):
             if not r.hosted(inst):
                 r.sets[p].append(inst)
                 r.notes[p] = [x for x in r.notes[p] if not x.startswith(f"removed {inst} ")]
+                self.held[p] = f"wants {target[p]}, kept {inst}: no other prompt takes it"
         self._fill(r)
         self._rebalance(r)
 
