@@ -27,6 +27,7 @@ import zmq
 
 from alto_bus.net import curve as keys
 from alto_bus.protocol import wire
+from alto_bus.protocol.messages import Submit
 from alto_bus.control.request_book import ClientOut, Gateway
 from alto_bus.control.gateway import GatewaySockets
 from alto_bus.control.pool_setup import make_pools
@@ -390,8 +391,8 @@ class Broker:
 
     # -- gateway -----------------------------------------------------------------------
 
-    def _submit(self, identity: bytes, msg: list, now: float, out: list[ClientOut]) -> None:
-        _, cid, payload, stream, timeout = msg[:5]
+    def _submit(self, identity: bytes, msg: Submit, now: float, out: list[ClientOut]) -> None:
+        cid, payload, stream, timeout = msg.cid, msg.payload, msg.stream, msg.timeout
         if not self.members.complete:
             missing = [n for n in self.stage_names if not self.members.count(n)]
             out.append((identity, [wire.FAILED, cid, "gateway",

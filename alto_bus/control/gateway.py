@@ -22,17 +22,18 @@ from alto_bus.deploy.topology import BrokerConfig
 from alto_bus.net.curve import Curve
 from alto_bus.net.sockets import advertised, bound_address, make_socket
 from alto_bus.protocol import wire
+from alto_bus.protocol.messages import Cancel, Submit
 
 log = logging.getLogger("alto.broker")
 
-Submit = Callable[[bytes, list, float, list[ClientOut]], None]  # (client, SUBMIT message, now, out)
+OnSubmit = Callable[[bytes, Submit, float, list[ClientOut]], None]  # (client, SUBMIT message, now, out)
 
 
 class GatewaySockets:
     """The clients' ROUTER and the results PULL, feeding one request book."""
 
     def __init__(self, ctx: zmq.Context, cfg: BrokerConfig, curve: Curve | None, book: Gateway,
-                 submit: Submit, bad: BadFrames) -> None:
+                 submit: OnSubmit, bad: BadFrames) -> None:
         self.book = book
         self.submit = submit
         self.bad = bad
@@ -57,40 +58,33 @@ class GatewaySockets:
             drain_routed(self.clients, self.on_client, self.bad)
 
     def on_client(self, identity: bytes, frame: bytes) -> None:
-        try:
-            msgs = wire.decode_client_frame(frame)
-        except wire.WireError as exc:
-            self.bad(f"client: {exc}")
-            return
         now = time.monotonic()
         out: list[ClientOut] = []
-        for msg in msgs:
-            if type(msg) is not list or not msg or type(msg[0]) is not int:
-                self.bad(f"client: message {msg!r:.80} is not [op, ...]")
-                continue
-            op = msg[0]
-            if op == wire.SUBMIT and len(msg) >= 5:
+        for msg in wire.client_messages(frame, self._bad_client):
+            kind = type(msg)
+            if kind is Submit:
                 self.submit(identity, msg, now, out)
-            elif op == wire.CANCEL and len(msg) >= 2:
-                self.book.cancel(identity, msg[1], out)
-            elif op == wire.BYE:
-                self.book.drop_client(identity)
+            elif kind is Cancel:
+                self.book.cancel(identity, msg.cid, out)
             else:
-                self.bad(f"client: unknown op or short message {msg!r:.80}")
+                self.book.drop_client(identity)
         self.queue(out)
+
+    def _bad_client(self, what: str) -> None:
+        self.bad(f"client: {what}")
+
+    def _bad_result(self, what: str) -> None:
+        self.bad(f"results: {what}")
 
     def on_results(self, frame: bytes) -> None:
         try:
-            _, msgs = wire.decode_frame(frame)
+            _, parts = wire.split_frame(frame)
         except wire.WireError as exc:
             self.bad(f"results: {exc}")
             return
         out: list[ClientOut] = []
-        for msg in msgs:
-            try:
-                self.book.on_message(msg, out)
-            except wire.WireError as exc:
-                self.bad(f"results: {exc}")
+        for msg in wire.messages(parts, self._bad_result):
+            self.book.on_message(msg, out)
         self.queue(out)
 
     def expire(self, now: float) -> None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from alto_bus.protocol import wire
+from alto_bus.protocol.messages import Data, Drop, End, Message
 from alto_bus.protocol.ancestry import AncestryError, GroupTracker
 from alto_bus.protocol.chunks import PENDING, Chunks
 
@@ -92,35 +93,33 @@ class Gateway:
 
     # -- results -----------------------------------------------------------------------
 
-    def on_message(self, msg: list, out: list[ClientOut]) -> None:
-        """One data-plane message that reached the end of the pipeline."""
-        kind = wire.check_message(msg)
-        path = msg[1]
+    def on_message(self, msg: Message, out: list[ClientOut]) -> None:
+        """One data-plane message (decoded, so its fields are checked) that reached the end
+        of the pipeline."""
+        path = msg.path
         req = self.requests.get(path[0])
         if req is None:
             self.stats.late_messages += 1
             return
+        kind = type(msg)
         try:
-            if kind == wire.DATA:
+            if kind is Data:
                 self._on_data(req, tuple(path), msg, out)
-            elif kind == wire.END:
-                n = msg[2]
-                if type(n) is not int:
-                    raise wire.WireError(f"END of {path} carries count {n!r}")
-                if req.tracker.end(tuple(path), n):
+            elif kind is End:
+                if req.tracker.end(tuple(path), msg.n):
                     self._complete(req, out)
-            elif kind == wire.DROP:
+            elif kind is Drop:
                 if req.tracker.drop(tuple(path)):
                     self._complete(req, out)
-            else:  # ERROR
-                self._fail(req, str(msg[2]), str(msg[3]), out)
+            else:
+                self._fail(req, msg.stage, msg.message, out)
         except AncestryError as exc:
             self._fail(req, "gateway", f"inconsistent ancestry: {exc}", out)
 
-    def _on_data(self, req: Request, path: tuple, msg: list, out: list[ClientOut]) -> None:
-        _, _, seq, payload, final, _ = msg[:6]
+    def _on_data(self, req: Request, path: tuple, msg: Data, out: list[ClientOut]) -> None:
+        payload, final = msg.payload, msg.final
         if req.stream:
-            out.append((req.client, [wire.PARTIAL, req.cid, list(path[1:]), seq, payload, bool(final)]))
+            out.append((req.client, [wire.PARTIAL, req.cid, list(path[1:]), msg.seq, payload, final]))
         payload = req.partial.feed(path, payload, final)
         if payload is PENDING:
             return

@@ -30,37 +30,38 @@ Three planes, one encoding (msgpack arrays, never dicts on the hot path):
   a short string and ``body`` a map; it carries a few messages a second, so it favours
   readable names over bytes.
 
-A frame that does not decode is reported as :class:`WireError`; callers count it,
-log it and drop it, and never let it take the process down.
+Data-plane and client-plane messages are typed records (protocol/messages.py) whose
+encoding is exactly these arrays; every field is checked when a message is decoded.
+A frame or message that does not decode is reported as :class:`WireError`; callers
+count it, log it and drop it, and never let it take the process down.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, Callable
 
 import msgpack
+import msgspec
+
+from alto_bus.protocol.messages import (KIND_OF, Bye, Cancel, ClientMessage, Data, Drop, End,
+                                        Error, Message, Submit)
 
 VERSION = 1
 
 # Data plane kinds.
 DATA, END, DROP, ERROR = 0, 1, 2, 3
 KIND_NAMES = {DATA: "DATA", END: "END", DROP: "DROP", ERROR: "ERROR"}
-# Fields per kind (kind included); a message shorter than this is malformed.
-KIND_LENGTHS = {DATA: 6, END: 4, DROP: 3, ERROR: 5}
-# Where each kind carries its routing epoch: a fixed index, so that fields appended to a
-# kind later (with defaults) do not move it. ERROR carries none.
-EPOCH_INDEX = {DATA: 5, END: 3, DROP: 2}
-
-
-def epoch_of(msg: list) -> int:
-    """The routing epoch of a DATA/END/DROP message (checked for its length beforehand)."""
-    return msg[EPOCH_INDEX[msg[0]]]
-
 # Client plane.
 SUBMIT, CANCEL, BYE = 0, 1, 2
 RESULT, FAILED, PARTIAL = 0, 1, 2
 
 _packb = msgpack.Packer(use_bin_type=True, autoreset=True).pack
+_encode = msgspec.msgpack.Encoder().encode   # Structs, and lists/dicts of plain values
+_raw_array = msgspec.msgpack.Decoder(list[msgspec.Raw])  # a frame, its messages undecoded
+_message = msgspec.msgpack.Decoder(Message)
+_client_message = msgspec.msgpack.Decoder(ClientMessage)
+_DECODE_ERRORS = (msgspec.DecodeError, OverflowError)
 
 
 class WireError(ValueError):
@@ -81,20 +82,24 @@ def unpackb(buf: bytes) -> Any:
 # -- data plane -------------------------------------------------------------------------
 
 
-def data(path: list, seq: int, payload: Any, final: bool, epoch: int) -> list:
-    return [DATA, path, seq, payload, final, epoch]
+def data(path: list, seq: int, payload: Any, final: bool, epoch: int) -> Data:
+    return Data(path, seq, payload, final, epoch)
 
 
-def end(path: list, n: int, epoch: int) -> list:
-    return [END, path, n, epoch]
+def end(path: list, n: int, epoch: int) -> End:
+    return End(path, n, epoch)
 
 
-def drop(path: list, epoch: int) -> list:
-    return [DROP, path, epoch]
+def drop(path: list, epoch: int) -> Drop:
+    return Drop(path, epoch)
 
 
-def error(path: list, stage: str, message: str, epoch: int) -> list:
-    return [ERROR, path, stage, message, epoch]
+def error(path: list, stage: str, message: str, epoch: int) -> Error:
+    return Error(path, stage, message, epoch)
+
+
+def kind_name(msg: Message) -> str:
+    return KIND_NAMES[KIND_OF[type(msg)]]
 
 
 class FrameBuilder:
@@ -117,9 +122,9 @@ class FrameBuilder:
     def __len__(self) -> int:
         return len(self._parts)
 
-    def add(self, msg: list) -> int:
+    def add(self, msg: Message) -> int:
         """Pack ``msg`` into the batch; returns the batch's size in bytes so far."""
-        part = self._packer.pack(msg)
+        part = _encode(msg)
         self._parts.append(part)
         self.nbytes += len(part)
         return self.nbytes
@@ -134,42 +139,53 @@ class FrameBuilder:
         return frame
 
 
-def encode_frame(stage: str, msgs: list[list]) -> bytes:
+def encode_frame(stage: str, msgs: list[Message]) -> bytes:
     """One data-plane frame (convenience for tests and the gateway's first hop)."""
-    return _packb([VERSION, stage, *msgs])
+    return _encode([VERSION, stage, *msgs])
 
 
-def decode_frame(buf: bytes) -> tuple[str, list]:
-    """``(stage, messages)`` of a data-plane frame; raises :class:`WireError`.
+def split_frame(buf: bytes) -> tuple[str, list[msgspec.Raw]]:
+    """``(stage, undecoded messages)`` of a data-plane frame; raises :class:`WireError`.
 
-    Only the frame envelope is checked here; each message is checked by
-    :func:`check_message` where it is dispatched, so one bad message costs only itself.
+    Only the envelope is decoded here; each message is decoded and checked by
+    :func:`decode_message` where it is dispatched, so one bad message costs only itself.
     """
-    obj = unpackb(buf)
-    if type(obj) is not list or len(obj) < 2:
-        raise WireError(f"data frame is not an array [version, stage, msg...]: {_clip(obj)}")
-    if obj[0] != VERSION:
-        raise WireError(f"data frame has protocol version {_clip(obj[0])}, this build speaks {VERSION}")
-    stage = obj[1]
+    try:
+        parts = _raw_array.decode(buf)
+    except _DECODE_ERRORS:
+        raise WireError(f"data frame of {len(buf)} bytes is not an array [version, stage, msg...]: "
+                        f"{_clip(_peek(buf))}") from None
+    if len(parts) < 2:
+        raise WireError(f"data frame is not an array [version, stage, msg...]: {_clip(_peek(buf))}")
+    version, stage = _peek(parts[0]), _peek(parts[1])
+    if version != VERSION or type(version) is not int:
+        raise WireError(f"data frame has protocol version {_clip(version)}, this build speaks {VERSION}")
     if type(stage) is not str:
         raise WireError(f"data frame names stage {_clip(stage)}, not a string")
-    return stage, obj[2:]
+    return stage, parts[2:]
 
 
-def check_message(msg: Any) -> int:
-    """The kind of a data-plane message, or :class:`WireError` naming what is wrong."""
-    if type(msg) is not list or not msg:
-        raise WireError(f"message is not a non-empty array: {_clip(msg)}")
-    kind = msg[0]
-    want = KIND_LENGTHS.get(kind) if type(kind) is int else None
-    if want is None:
-        raise WireError(f"unknown message kind {_clip(kind)}")
-    if len(msg) < want:
-        raise WireError(f"{KIND_NAMES[kind]} message has {len(msg)} fields, needs {want}")
-    path = msg[1]
-    if type(path) is not list or not path or not all(type(i) is int for i in path):
-        raise WireError(f"{KIND_NAMES[kind]} message has a bad path {_clip(path)}")
-    return kind
+def decode_message(raw: msgspec.Raw | bytes) -> Message:
+    """One data-plane message, every field checked; :class:`WireError` names what is wrong."""
+    try:
+        return _message.decode(raw)
+    except _DECODE_ERRORS as exc:
+        raise WireError(_explain(raw, exc, KIND_NAMES, _FIELDS)) from None
+
+
+def decode_frame(buf: bytes) -> tuple[str, list[Message]]:
+    """``(stage, messages)``: the whole frame, or :class:`WireError` at its first bad part."""
+    stage, parts = split_frame(buf)
+    return stage, [decode_message(p) for p in parts]
+
+
+def messages(parts: list[msgspec.Raw], bad: Callable[[str], None]) -> Iterator[Message]:
+    """The messages that decode; each one that does not goes to ``bad`` (never raises)."""
+    for raw in parts:
+        try:
+            yield _message.decode(raw)
+        except _DECODE_ERRORS as exc:
+            bad(_explain(raw, exc, KIND_NAMES, _FIELDS))
 
 
 def join_chunks(chunks: list[Any]) -> Any:
@@ -186,17 +202,37 @@ def join_chunks(chunks: list[Any]) -> Any:
 # -- client plane -----------------------------------------------------------------------
 
 
-def encode_client_frame(msgs: list[list]) -> bytes:
-    return _packb([VERSION, *msgs])
+def encode_client_frame(msgs: list) -> bytes:
+    return _encode([VERSION, *msgs])
 
 
 def decode_client_frame(buf: bytes) -> list:
+    """The messages of a frame to a client, as arrays (the client reads them by index)."""
     obj = unpackb(buf)
     if type(obj) is not list or not obj:
         raise WireError(f"client frame is not an array [version, msg...]: {_clip(obj)}")
     if obj[0] != VERSION:
         raise WireError(f"client frame has protocol version {_clip(obj[0])}, this build speaks {VERSION}")
     return obj[1:]
+
+
+def client_messages(buf: bytes, bad: Callable[[str], None]) -> Iterator[Submit | Cancel | Bye]:
+    """What a client sent the gateway, every field checked; what does not decode goes to
+    ``bad`` (a bad frame as a whole, or each bad message alone)."""
+    try:
+        parts = _raw_array.decode(buf)
+    except _DECODE_ERRORS:
+        bad(f"client frame of {len(buf)} bytes is not an array [version, msg...]: {_clip(_peek(buf))}")
+        return
+    version = _peek(parts[0]) if parts else None
+    if version != VERSION or type(version) is not int:
+        bad(f"client frame has protocol version {_clip(version)}, this build speaks {VERSION}")
+        return
+    for raw in parts[1:]:
+        try:
+            yield _client_message.decode(raw)
+        except _DECODE_ERRORS as exc:
+            bad(_explain(raw, exc, CLIENT_NAMES, _CLIENT_FIELDS))
 
 
 # -- control plane ----------------------------------------------------------------------
@@ -216,6 +252,35 @@ def decode_control(buf: bytes) -> tuple[str, dict]:
     if type(op) is not str or type(body) is not dict:
         raise WireError(f"control frame has op {_clip(op)} and body {_clip(body)}")
     return op, body
+
+
+# Field names by kind, for errors: "SUBMIT message: field timeout: Expected `float` > 0.0".
+_FIELDS = {KIND_OF[t]: ("kind", *t.__struct_fields__) for t in (Data, End, Drop, Error)}
+CLIENT_NAMES = {SUBMIT: "SUBMIT", CANCEL: "CANCEL", BYE: "BYE"}
+_CLIENT_FIELDS = {k: ("op", *t.__struct_fields__) for k, t in ((SUBMIT, Submit), (CANCEL, Cancel), (BYE, Bye))}
+
+
+def _peek(raw: Any) -> Any:
+    """What a frame or part holds, for an error message (never raises)."""
+    try:
+        return msgpack.unpackb(raw, raw=False, strict_map_key=False)
+    except Exception:  # msgpack raises several unrelated types
+        return f"<{len(raw)} bytes that do not decode>"
+
+
+def _explain(raw: Any, exc: Exception, names: dict[int, str], fields: dict[int, tuple[str, ...]]) -> str:
+    """A decode error in words: the kind, the field by name, msgspec's reason."""
+    obj = _peek(raw)
+    kind = obj[0] if type(obj) is list and obj and type(obj[0]) is int else None
+    if kind not in names:
+        return f"message {_clip(obj)} is not an array of a known kind ({exc})"
+    reason = str(exc)
+    at = reason.rfind("- at `$[")
+    if at >= 0:
+        index = reason[at + 8:].split("]", 1)[0]
+        if index.isdigit() and int(index) < len(fields[kind]):
+            reason = f"field {fields[kind][int(index)]}: {reason[:at].strip()} ({reason[at + 2:]})"
+    return f"{names[kind]} message {_clip(obj)}: {reason}"
 
 
 def _clip(obj: Any, limit: int = 80) -> str:

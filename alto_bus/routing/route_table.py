@@ -17,7 +17,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from alto_bus.protocol import wire
+from alto_bus.protocol.messages import Data, Message
 from alto_bus.routing.choice import LoadView, pow2_choice
 from alto_bus.routing.keytable import KeyTable
 from alto_bus.routing.pool_route import PoolRoute
@@ -171,14 +171,14 @@ class RouteTable:
 
     # -- routing one item ---------------------------------------------------------------
 
-    def route(self, msg: list, path: list, stream: bool = False) -> Decision:
+    def route(self, msg: Message, path: list, stream: bool = False) -> Decision:
         """Where ``msg`` (a DATA/END/DROP of item ``path``) goes next.
         ``stream``: a chunk of a streamed item; all its chunks go to one instance."""
         if self.next is None:
             return GATEWAY
         kd = self.key_depth
         if kd is not None and len(path) >= kd:
-            return self._key_owner(wire.epoch_of(msg), path, kd)
+            return self._key_owner(msg.epoch, path, kd)
         ids = self.next_ids
         if not ids:
             return PARK
@@ -187,9 +187,9 @@ class RouteTable:
             dest = self._sticky.get(key)
             if dest is None:
                 dest = self._sticky[key] = choose_instance(ids, self.loads, self.rng, self.pool)
-            if msg[4]:  # its last chunk
+            if msg.final:  # its last chunk
                 del self._sticky[key]
-        elif msg[0] == wire.DATA:
+        elif type(msg) is Data:
             dest = choose_instance(ids, self.loads, self.rng, self.pool)
         else:  # END/DROP markers are not LM requests: keep them out of a pool's policy
             dest = pow2_choice(ids, self.loads, self.rng)

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 import zmq
 
 from alto_bus.protocol import wire
+from alto_bus.protocol.messages import Message
 
 # Frames read in one turn of the loop before others get a turn.
 BURST_FRAMES = 256
@@ -86,23 +87,17 @@ class Inbox:
 
 
 def checked_messages(frame: bytes, stage: str, stats: collections.Counter,
-                     bad: Callable[[str], None]) -> Iterator[tuple[int, list]]:
-    """The well-formed messages of ``frame`` with their kinds. A frame that does not
+                     bad: Callable[[str], None]) -> Iterator[Message]:
+    """The well-formed messages of ``frame``, every field checked. A frame that does not
     decode or is for another stage, and a malformed message, go to ``bad`` (never raise)."""
     stats["frames_in"] += 1
     try:
-        frame_stage, msgs = wire.decode_frame(frame)
+        frame_stage, parts = wire.split_frame(frame)
     except wire.WireError as exc:
         bad(str(exc))
         return
     if frame_stage != stage:
         bad(f"frame for stage {frame_stage!r} reached an instance of {stage!r}")
         return
-    stats["messages_in"] += len(msgs)
-    for msg in msgs:
-        try:
-            kind = wire.check_message(msg)
-        except wire.WireError as exc:
-            bad(str(exc))
-            continue
-        yield kind, msg
+    stats["messages_in"] += len(parts)
+    yield from wire.messages(parts, bad)

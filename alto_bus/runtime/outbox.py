@@ -21,6 +21,7 @@ import zmq
 import zmq.asyncio
 
 from alto_bus.protocol import wire
+from alto_bus.protocol.messages import Message
 from alto_bus.routing.route_table import GATEWAY
 from alto_bus.routing.sent_ids import SentIds
 
@@ -51,10 +52,10 @@ class Outbox:
         self.sender: asyncio.Task | None = None
         self.sent = SentIds(window, OLDER_MEMORY)
 
-    def add(self, msg: list, stage: str) -> int:
+    def add(self, msg: Message, stage: str) -> int:
         """Coalesce ``msg`` into the batch for ``stage``; returns that batch's size in bytes."""
         if self.dest != GATEWAY:  # the gateway does not die under its senders
-            self.sent.add(msg[1][0])
+            self.sent.add(msg.path[0])
         batch = self.batches.get(stage)
         if batch is None:
             batch = self.batches[stage] = wire.FrameBuilder(stage)
@@ -93,9 +94,9 @@ class Outbox:
         rids: set[int] = set()
         for frame in frames:
             try:
-                _, msgs = wire.decode_frame(frame)
-                rids.update(m[1][0] for m in msgs)
-            except (wire.WireError, IndexError, TypeError):
+                _, msgs = wire.decode_frame(frame)  # our own frames: they decode
+                rids.update(m.path[0] for m in msgs)
+            except wire.WireError:
                 continue
         return len(frames), rids
 

@@ -30,6 +30,7 @@ import zmq
 import zmq.asyncio
 
 from alto_bus.protocol import wire
+from alto_bus.protocol.messages import Data, Drop, End, Error, Message
 from alto_bus.runtime.control_link import ControlLink
 from alto_bus.routing.route_table import GATEWAY, PARK, Fail, RouteTable
 from alto_bus.runtime.inbox import Inbox, checked_messages
@@ -338,17 +339,17 @@ class Worker:
     # -- Emitter: what stage logic calls -----------------------------------------------
 
     def data(self, path: list, seq: int, payload: Any, final: bool, epoch: int) -> None:
-        self._route([wire.DATA, path, seq, payload, final, epoch], path, stream=not (final and seq == 0))
+        self._route(Data(path, seq, payload, final, epoch), path, stream=not (final and seq == 0))
 
     def end(self, path: list, n: int, epoch: int) -> None:
-        self._route([wire.END, path, n, epoch], path)
+        self._route(End(path, n, epoch), path)
 
     def drop(self, path: list, epoch: int) -> None:
-        self._route([wire.DROP, path, epoch], path)
+        self._route(Drop(path, epoch), path)
 
     def error(self, path: list, message: str, epoch: int) -> None:
         self.stats["errors"] += 1
-        self._send(self.outboxes.get(GATEWAY), [wire.ERROR, path, self.stage, message, epoch], self.stage)
+        self._send(self.outboxes.get(GATEWAY), Error(path, self.stage, message, epoch), self.stage)
 
     def spawn(self, rid: int, work: Awaitable[None]) -> None:
         self._inflight[rid] += 1
@@ -369,7 +370,7 @@ class Worker:
         if self._draining:
             self._wakeup.set()
 
-    def _route(self, msg: list, path: list, stream: bool = False) -> None:
+    def _route(self, msg: Message, path: list, stream: bool = False) -> None:
         routes = self.routes
         dest = routes.route(msg, path, stream)
         if dest is PARK:
@@ -387,7 +388,7 @@ class Worker:
         for rid in {p[0] for _, p in parked}:
             self.error([rid], f"stage {self.config.next!r} has no routing table for this request", 0)
 
-    def _send(self, out: Outbox, msg: list, stage: str) -> None:
+    def _send(self, out: Outbox, msg: Message, stage: str) -> None:
         if out.add(msg, stage) >= self.config.batch_bytes:
             self.outboxes.flush(out)
         elif not self._inbox.in_burst and self._flush_handle is None:
@@ -443,21 +444,22 @@ class Worker:
     def _on_frame(self, frame: bytes) -> None:
         logic = self.logic
         cancelled = self._cancelled
-        for kind, msg in checked_messages(frame, self.stage, self.stats, self._bad):
-            if cancelled and msg[1][0] in cancelled:
+        for msg in checked_messages(frame, self.stage, self.stats, self._bad):
+            if cancelled and msg.path[0] in cancelled:
                 continue
+            kind = type(msg)
             try:
-                if kind == wire.DATA:
-                    logic.on_data(msg[1], msg[2], msg[3], msg[4], msg[5])
-                elif kind == wire.END:
-                    logic.on_end(msg[1], msg[2], msg[3])
-                elif kind == wire.DROP:
-                    logic.on_drop(msg[1], msg[2])
+                if kind is Data:
+                    logic.on_data(msg.path, msg.seq, msg.payload, msg.final, msg.epoch)
+                elif kind is End:
+                    logic.on_end(msg.path, msg.n, msg.epoch)
+                elif kind is Drop:
+                    logic.on_drop(msg.path, msg.epoch)
                 else:  # an ERROR belongs to the gateway; pass it on
                     self._send(self.outboxes.get(GATEWAY), msg, self.stage)
             except Exception as exc:  # a bug in stage logic must not take the worker down
-                log.exception("stage %s failed on a %s message", self.stage, wire.KIND_NAMES[kind])
-                self.error([msg[1][0]], f"stage failed: {describe(exc)}", 0)
+                log.exception("stage %s failed on a %s message", self.stage, wire.kind_name(msg))
+                self.error([msg.path[0]], f"stage failed: {describe(exc)}", 0)
 
     def _bad(self, what: str) -> None:
         n = self.stats["bad_frames"] = self.stats["bad_frames"] + 1

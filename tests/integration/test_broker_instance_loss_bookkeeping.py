@@ -10,6 +10,7 @@ import contextlib
 import zmq
 
 from alto_bus.protocol import wire
+from alto_bus.protocol.messages import Submit
 from alto_bus.control.broker import Broker
 from alto_bus.deploy.topology import parse
 
@@ -51,7 +52,7 @@ def register(broker: Broker, name: bytes, stage: str, address: str, now: float) 
 
 def submit_and_deliver(broker: Broker, inbox: zmq.Socket, cid: int, now: float) -> int:
     out: list = []
-    broker._submit(b"client", [wire.SUBMIT, cid, f"item {cid}", False, 30.0], now, out)
+    broker._submit(b"client", Submit(cid, f"item {cid}", False, 30.0), now, out)
     assert not out, out
     for _ in range(500):  # the link queues only once connected (IMMEDIATE): flush until it is
         broker._flush_entries()
@@ -60,7 +61,7 @@ def submit_and_deliver(broker: Broker, inbox: zmq.Socket, cid: int, now: float) 
     else:
         raise AssertionError("the request did not reach the entry instance")
     _, msgs = wire.decode_frame(inbox.recv())
-    return msgs[0][1][0]
+    return msgs[0].path[0]
 
 
 def failures(broker: Broker) -> dict[int, tuple[str, str]]:

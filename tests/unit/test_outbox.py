@@ -79,7 +79,7 @@ def test_a_full_peer_parks_frames_in_order():
         await out.send_parked(lambda: None)
 
     asyncio.run(drain())
-    assert [m[0][1] for _, m in msgs_of(sock.frames)] == [[0], [1], [2]]
+    assert [m[0].path for _, m in msgs_of(sock.frames)] == [[0], [1], [2]]
 
 
 def test_what_is_unsent_names_its_requests():

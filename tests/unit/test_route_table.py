@@ -6,6 +6,7 @@ import random
 from collections import Counter
 
 from alto_bus.protocol import wire
+from alto_bus.protocol.messages import Data
 from alto_bus.routing.choice import LoadView
 from alto_bus.routing.keytable import KeyTable
 from alto_bus.routing.route_table import GATEWAY, PARK, Fail, RouteTable, choose_instance
@@ -19,8 +20,8 @@ def table(epoch: int, ids: list[int], *, keyed: bool = True, dead: tuple[int, ..
     return t
 
 
-def data(path: list, epoch: int, seq: int = 0, final: bool = True) -> list:
-    return [wire.DATA, path, seq, "x", final, epoch]
+def data(path: list, epoch: int, seq: int = 0, final: bool = True) -> Data:
+    return wire.data(path, seq, "x", final, epoch)
 
 
 def keyed(depth: int = 2) -> RouteTable:

@@ -1,0 +1,87 @@
+"""The data-plane and client-plane messages as typed records (msgspec Structs).
+
+Each message is an ``array_like`` Struct tagged with its kind, so it encodes to exactly
+the msgpack array wire.py documents (``DATA [0, path, seq, payload, final, epoch]``):
+the bytes are those of the positional lists the bus sent before. Decoding checks every
+field's type and range in C while it builds the record (a ``seq`` that is a string, a
+negative count, a path of floats are refused, naming the field), so no handler ever
+reads an unchecked field; it is also faster than msgpack plus per-field checks in
+Python (BENCHMARKS.md, "Typed wire messages").
+
+Appending a field with a default keeps old peers working: a shorter array takes the
+default, a longer one's extra fields are ignored.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Union
+
+import msgspec
+
+# Ids, indices and counts: non-negative and within 64 bits (msgpack's integers).
+Count = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
+# An item's ancestry [rid, i, j, ...]: the request id, then its index at each fan-out.
+Path = Annotated[list[Count], msgspec.Meta(min_length=1, max_length=256)]
+# Seconds; None takes the gateway's default.
+Timeout = Union[Annotated[float, msgspec.Meta(gt=0, le=10**9)], None]
+
+_STRUCT = {"array_like": True, "gc": False}
+
+
+class Data(msgspec.Struct, tag=0, **_STRUCT):
+    """One item, or one chunk of a streamed item (``final`` on its last chunk)."""
+
+    path: Path
+    seq: Count
+    payload: Any
+    final: bool
+    epoch: Count
+
+
+class End(msgspec.Struct, tag=1, **_STRUCT):
+    """Item ``path`` fanned out into ``n`` children, all sent."""
+
+    path: Path
+    n: Count
+    epoch: Count
+
+
+class Drop(msgspec.Struct, tag=2, **_STRUCT):
+    """Item ``path`` was filtered out: its group is complete without it."""
+
+    path: Path
+    epoch: Count
+
+
+class Error(msgspec.Struct, tag=3, **_STRUCT):
+    """The request of ``path`` failed at ``stage``; it goes to the gateway."""
+
+    path: Path
+    stage: str
+    message: str
+    epoch: Count = 0
+
+
+Message = Union[Data, End, Drop, Error]
+KIND_OF = {Data: 0, End: 1, Drop: 2, Error: 3}
+
+
+# -- client plane: client -> gateway ----------------------------------------------------
+
+
+class Submit(msgspec.Struct, tag=0, **_STRUCT):
+    cid: Count          # the client's id for the request (unique among its open ones)
+    payload: Any
+    stream: bool        # send partials as they reach the end of the pipeline
+    timeout: Timeout = None
+
+
+class Cancel(msgspec.Struct, tag=1, **_STRUCT):
+    cid: Count
+
+
+class Bye(msgspec.Struct, tag=2, **_STRUCT):
+    pass
+
+
+ClientMessage = Union[Submit, Cancel, Bye]
