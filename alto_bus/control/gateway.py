@@ -78,9 +78,12 @@ class GatewaySockets:
 
     def on_results(self, frame: bytes) -> None:
         try:
-            _, parts = wire.split_frame(frame)
+            stage, parts = wire.split_frame(frame)
         except wire.WireError as exc:
             self.bad(f"results: {exc}")
+            return
+        if stage != wire.GATEWAY_STAGE:
+            self.bad(f"results: a frame for stage {stage!r} reached the gateway")
             return
         out: list[ClientOut] = []
         for msg in wire.messages(parts, self._bad_result):

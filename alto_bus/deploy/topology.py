@@ -8,6 +8,7 @@ items are the request's result. Every error names the file, the table and the fi
 from __future__ import annotations
 
 import importlib
+import re
 import sys
 import tomllib
 from dataclasses import dataclass, field
@@ -23,6 +24,9 @@ class TopologyError(ValueError):
 
 
 _MISSING = REQUIRED
+# Stage and pool names appear in metric labels, logs, URLs and frames (where "@gateway"
+# names the gateway): plain words only.
+NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 # name: (types, default). A default of _MISSING means the field is required.
 BROKER_FIELDS: dict[str, tuple[tuple[type, ...], Any]] = {
@@ -238,6 +242,9 @@ def _pool(raw: Any, index: int, source: str) -> PoolConfig:
     label = f"{source}: pool {raw.get('name', '#' + str(index + 1))!r}" if isinstance(raw, dict) \
         else f"{source}: pool #{index + 1}"
     values = _fields(raw, POOL_FIELDS, label)
+    if not NAME.fullmatch(values["name"]):
+        raise TopologyError(f"{label}: field 'name' must be 1-64 letters, digits, '_', '-' or '.', "
+                            f"got {values['name']!r}")
     if values["replicas"] < 1:
         raise TopologyError(f"{label}: field 'replicas' must be >= 1, got {values['replicas']}")
     _address(values["inbox"], f"{label} field 'inbox'")
@@ -296,6 +303,9 @@ def _stage(raw: Any, index: int, source: str, check_handlers: bool,
         raise TopologyError(f"{label}: field 'kind': {exc}") from None
     spec = {**COMMON_STAGE_FIELDS, **kind.fields}
     values = _fields(raw, spec, label)
+    if not NAME.fullmatch(values["name"]):
+        raise TopologyError(f"{label}: field 'name' must be 1-64 letters, digits, '_', '-' or '.' "
+                            f"(it names the stage in metrics, logs and URLs), got {values['name']!r}")
     if values["replicas"] < 1:
         raise TopologyError(f"{label}: field 'replicas' must be >= 1, got {values['replicas']}")
     for name in ("queue", "concurrency", "batch_bytes"):

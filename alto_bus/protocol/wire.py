@@ -15,7 +15,9 @@ Three planes, one encoding (msgpack arrays, never dicts on the hot path):
       ERROR [3, path, stage, message, epoch]
 
   ``path`` is the item's ancestry (``[rid, i, j, ...]``), ``epoch`` the routing epoch
-  the gateway stamped on the request. New fields are only ever appended.
+  the gateway stamped on the request. New fields are only ever appended. ``stage`` is
+  always the stage the frame is for; frames to the gateway name ``GATEWAY_STAGE``, a
+  name no stage can take, and a receiver drops a frame that is not for it.
 
 * Client plane (client DEALER <-> gateway ROUTER): ``[VERSION, msg, msg, ...]``::
 
@@ -48,6 +50,8 @@ from alto_bus.protocol.messages import (KIND_OF, Bye, Cancel, ClientMessage, Dat
                                         Error, Message, Submit)
 
 VERSION = 1
+# The target "stage" of frames to the gateway (stage names are [A-Za-z0-9_.-]+).
+GATEWAY_STAGE = "@gateway"
 
 # Data plane kinds.
 DATA, END, DROP, ERROR = 0, 1, 2, 3

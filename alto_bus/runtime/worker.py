@@ -349,7 +349,7 @@ class Worker:
 
     def error(self, path: list, message: str, epoch: int) -> None:
         self.stats["errors"] += 1
-        self._send(self.outboxes.get(GATEWAY), Error(path, self.stage, message, epoch), self.stage)
+        self._send(self.outboxes.get(GATEWAY), Error(path, self.stage, message, epoch), wire.GATEWAY_STAGE)
 
     def spawn(self, rid: int, work: Awaitable[None]) -> None:
         self._inflight[rid] += 1
@@ -381,7 +381,7 @@ class Worker:
         elif isinstance(dest, Fail):
             self.error(dest.path, dest.reason, dest.epoch)
         else:
-            self._send(self.outboxes.get(dest), msg, routes.next or self.stage)
+            self._send(self.outboxes.get(dest), msg, routes.next or wire.GATEWAY_STAGE)
 
     def _fail_parked(self) -> None:
         parked, self._parked = self._parked, []
@@ -456,7 +456,7 @@ class Worker:
                 elif kind is Drop:
                     logic.on_drop(msg.path, msg.epoch)
                 else:  # an ERROR belongs to the gateway; pass it on
-                    self._send(self.outboxes.get(GATEWAY), msg, self.stage)
+                    self._send(self.outboxes.get(GATEWAY), msg, wire.GATEWAY_STAGE)
             except Exception as exc:  # a bug in stage logic must not take the worker down
                 log.exception("stage %s failed on a %s message", self.stage, wire.kind_name(msg))
                 self.error([msg.path[0]], f"stage failed: {describe(exc)}", 0)

@@ -13,6 +13,7 @@ import pytest
 import zmq
 
 from alto_bus import AsyncClient, Client, RequestError
+from alto_bus.protocol import wire
 from tests.support import running, status
 
 H = "tests.integration.handlers"
@@ -113,10 +114,14 @@ def test_random_bytes_on_every_socket_are_counted_and_dropped(pipeline):
             sock.send(g)
         sock.send_multipart([b"a", b"b", b"c"])
         sock.close(linger=2000)
-    for address in inboxes + [st["addresses"]["results"]]:
+    # Well-formed frames for the wrong receiver: a stage's frame at the gateway, the
+    # gateway's at a stage. Each is dropped whole, never read as a result or an item.
+    item = [wire.data([10**9], 0, "x", True, 0)]
+    for address, misaddressed in [(a, wire.encode_frame(wire.GATEWAY_STAGE, item)) for a in inboxes] + [
+            (st["addresses"]["results"], wire.encode_frame("tag", item))]:
         sock = ctx.socket(zmq.PUSH)
         sock.connect(address)
-        for g in garbage:
+        for g in garbage + [misaddressed]:
             sock.send(g)
         sock.close(linger=2000)
     # Every process still serves, and correct results still come back.
@@ -124,7 +129,8 @@ def test_random_bytes_on_every_socket_are_counted_and_dropped(pipeline):
         assert [r["word"] for r in client.submit("still alive").result(timeout=30)] == ["STILL", "ALIVE"]
     assert all(c.proc.poll() is None for c in pipeline.children)
     after = status(pipeline)
-    assert after["gateway"]["bad_frames"] >= 2 * len(garbage)
+    assert after["gateway"]["bad_frames"] >= 2 * len(garbage) + 1
+    assert after["gateway"]["late_messages"] == st["gateway"]["late_messages"]
 
 
 def test_handler_error_becomes_an_error_result_and_the_worker_keeps_serving(tmp_path):
