@@ -139,11 +139,6 @@ class Broker:
             wake = min(wake, now + 0.001)
         return wake
 
-    @property
-    def _client_out(self) -> dict[bytes, list[list]]:
-        """Answers queued for clients, not sent yet (what tests driving the broker read)."""
-        return self.gateway_io.pending
-
     # -- control plane -----------------------------------------------------------------
 
     def _send_control(self, identity: bytes, op: str, body: dict | None = None) -> None:

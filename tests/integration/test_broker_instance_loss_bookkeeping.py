@@ -65,7 +65,7 @@ def submit_and_deliver(broker: Broker, inbox: zmq.Socket, cid: int, now: float) 
 
 
 def failures(broker: Broker) -> dict[int, tuple[str, str]]:
-    return {m[1]: (m[2], m[3]) for m in broker._client_out.get(b"client", []) if m[0] == wire.FAILED}
+    return {m[1]: (m[2], m[3]) for m in broker.gateway_io.pending.get(b"client", []) if m[0] == wire.FAILED}
 
 
 def test_instances_that_die_in_the_same_tick_all_fail_what_was_sent_to_them():
