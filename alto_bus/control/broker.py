@@ -26,7 +26,7 @@ from typing import Any
 import zmq
 
 from alto_bus.net import curve as keys
-from alto_bus.protocol import wire
+from alto_bus.protocol import control_bodies, wire
 from alto_bus.protocol.messages import Submit
 from alto_bus.control.request_book import ClientOut, Gateway
 from alto_bus.control.gateway import GatewaySockets
@@ -118,7 +118,7 @@ class Broker:
                 events = dict(poller.poll(timeout * 1000))
                 self.gateway_io.on_ready(events)
                 if self.control in events:
-                    drain_routed(self.control, self._on_control, self.bad)
+                    drain_routed(self.control, self._on_control, self.bad, "control")
                 now = time.monotonic()
                 if now >= self._next_tick:
                     self._tick(now)
@@ -151,22 +151,27 @@ class Broker:
         try:
             op, body = wire.decode_control(frame)
         except wire.WireError as exc:
-            self.bad(f"control: {exc}")
+            self.bad("control", exc.reason, str(exc))
             return
         now = time.monotonic()
-        handler = getattr(self, f"_op_{op}", None)
-        if handler is None:
-            self.bad(f"control: unknown op {op!r}")
-            self._send_control(identity, "error", {"reason": f"unknown op {op!r}"})
+        if op not in control_bodies.BODIES:
+            self.bad("control", "unknown op", f"unknown op {op!r:.40}")
+            self._send_control(identity, "error", {"reason": f"unknown op {op!r:.40}"})
             return
         try:
-            handler(identity, body, now)
-        except (KeyError, TypeError, ValueError) as exc:
-            self.bad(f"control op {op!r} with a bad body: {exc!r}")
-            self._send_control(identity, "error", {"reason": f"bad {op!r} message: {exc!r}"})
+            msg = control_bodies.convert(op, body)
+        except control_bodies.BodyError as exc:
+            self.bad("control", exc.reason, str(exc))
+            self._send_control(identity, "error", {"reason": f"bad {op!r} message: {exc}"})
+            return
+        try:
+            getattr(self, f"_op_{op}")(identity, msg, now)
+        except Exception as exc:  # a bug of ours: this message is lost, the broker serves on
+            log.exception("control op %s failed", op)
+            self.bad("control", f"{op} failed", f"{op}: {type(exc).__name__}: {exc}")
 
-    def _op_hello(self, identity: bytes, body: dict, now: float) -> None:
-        stage = body["stage"]
+    def _op_hello(self, identity: bytes, body: control_bodies.Hello, now: float) -> None:
+        stage = body.stage
         if stage not in self.stage_names:
             reason = f"no stage named {stage!r} in {self.topology.source} (stages: {', '.join(self.stage_names)})"
             log.warning("refused a worker: %s", reason)
@@ -188,30 +193,28 @@ class Broker:
             "allowed": sorted(self.curve.allowed) if self.curve else [],  # whom an inbox lets in
         })
 
-    def _op_ready(self, identity: bytes, body: dict, now: float) -> None:
-        stage = body["stage"]
+    def _op_ready(self, identity: bytes, body: control_bodies.Ready, now: float) -> None:
+        stage = body.stage
         if stage not in self.stage_names:
             self._send_control(identity, "reject", {"reason": f"no stage named {stage!r}"})
             return
         pool = member = None
-        if body.get("member") is not None and self.pool_of.get(stage) == body.get("pool"):
-            pool, member = str(body["pool"]), str(body["member"])  # the table lists pool members
-        inst = self.members.add(stage, identity, str(body["address"]), int(body.get("pid", 0)),
-                                str(body.get("host", "?")), now, pool=pool, member=member)
+        if body.member is not None and self.pool_of.get(stage) == body.pool:
+            pool, member = body.pool, body.member  # the table lists pool members
+        inst = self.members.add(stage, identity, body.address, body.pid, body.host, now, pool=pool, member=member)
         log.info("stage %s: instance %d registered (pid %d on %s, inbox %s); epoch %d",
                  stage, inst.iid, inst.pid, inst.host, inst.address, self.members.epoch)
         self._send_control(identity, "registered", {"iid": inst.iid})
         self._membership_changed()
 
-    def _op_heartbeat(self, identity: bytes, body: dict, now: float) -> None:
-        held = body.get("held", [])
-        inst = self.members.heartbeat(identity, now, int(body.get("depth", 0)), held, body.get("stats", {}))
+    def _op_heartbeat(self, identity: bytes, body: control_bodies.Heartbeat, now: float) -> None:
+        inst = self.members.heartbeat(identity, now, body.depth, body.held, body.stats, body.stalled, body.bad)
         if inst is None:
             self._send_control(identity, "reregister", {})
             return
-        if inst.member is not None and "prompt" in body:
-            self.pools[inst.pool].observe(inst.member, inst.stage, body["prompt"], inst.depth, now)
-        for prompt, by_member in (body.get("spills") or {}).items():
+        if inst.member is not None and body.prompt is not None:
+            self.pools[inst.pool].observe(inst.member, inst.stage, body.prompt, inst.depth, now)
+        for prompt, by_member in body.spills.items():
             pool = self.pool_of.get(prompt)
             if pool is not None:
                 self.pools[pool].note_spills({prompt: by_member})
@@ -219,18 +222,21 @@ class Broker:
         if link is not None:
             link.sent.rotate(keep_if=self.gateway.requests)  # a new interval of sent ids
 
-    def _op_leave(self, identity: bytes, body: dict, now: float) -> None:
+    def _op_leave(self, identity: bytes, body: control_bodies.Empty, now: float) -> None:
         iid = self.members.by_identity.get(identity)
         if iid is not None and self.members.drain(iid):
             log.info("instance %d is draining; epoch %d", iid, self.members.epoch)
             self._membership_changed()
         self._send_control(identity, "left", {})
 
-    def _op_lost(self, identity: bytes, body: dict, now: float) -> None:
+    def _op_lost(self, identity: bytes, body: control_bodies.Lost, now: float) -> None:
         """A sender's request ids whose items went to an instance that died: failed (never a hang)
         unless the instance proves alive within ``liveness`` heartbeats (it was only slow: it
         registers again, and what it was sent completes)."""
-        self.ledger.reported_lost(int(body["iid"]), body["rids"], now, body.get("older", ()))
+        if identity not in self.members.by_identity:  # only a member's senders report losses
+            self.bad("control", "lost from a non-member", f"lost report from unregistered peer {identity!r:.40}")
+            return
+        self.ledger.reported_lost(body.iid, body.rids, now, body.older)
 
     def _settle_lost(self, now: float) -> None:
         if not self.ledger.records:
@@ -253,7 +259,7 @@ class Broker:
             log.error(what, n, iid)
         self.gateway_io.queue(out)
 
-    def _op_bye(self, identity: bytes, body: dict, now: float) -> None:
+    def _op_bye(self, identity: bytes, body: control_bodies.Empty, now: float) -> None:
         iid = self.members.by_identity.get(identity)
         if iid is None:
             return
@@ -262,10 +268,10 @@ class Broker:
         self._fail_held(inst, "left before finishing")
         self._membership_changed()
 
-    def _op_status(self, identity: bytes, body: dict, now: float) -> None:
+    def _op_status(self, identity: bytes, body: control_bodies.Empty, now: float) -> None:
         self._send_control(identity, "status", self.status())
 
-    def _op_shutdown(self, identity: bytes, body: dict, now: float) -> None:
+    def _op_shutdown(self, identity: bytes, body: control_bodies.Empty, now: float) -> None:
         log.info("shutdown requested")
         self._send_control(identity, "ok", {})
         self.stopping = True
@@ -352,8 +358,8 @@ class Broker:
                               if i.pool == name and not i.draining and i.member is not None})
             sched.round(members)
 
-    def _op_pool_info(self, identity: bytes, body: dict, now: float) -> None:
-        name = body["pool"]
+    def _op_pool_info(self, identity: bytes, body: control_bodies.PoolInfo, now: float) -> None:
+        name = body.pool
         if name not in self.pools:
             self._send_control(identity, "reject", {"reason": f"no pool named {name!r} in {self.topology.source}"})
             return

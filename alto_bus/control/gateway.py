@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 from collections.abc import Callable
 
 import zmq
@@ -55,12 +56,12 @@ class GatewaySockets:
         if self.results in events:
             drain(self.results, self.on_results)
         if self.clients in events:
-            drain_routed(self.clients, self.on_client, self.bad)
+            drain_routed(self.clients, self.on_client, self.bad, "client")
 
     def on_client(self, identity: bytes, frame: bytes) -> None:
         now = time.monotonic()
         out: list[ClientOut] = []
-        for msg in wire.client_messages(frame, self._bad_client):
+        for msg in wire.client_messages(frame, self._bad_client):  # each field checked
             kind = type(msg)
             if kind is Submit:
                 self.submit(identity, msg, now, out)
@@ -70,20 +71,20 @@ class GatewaySockets:
                 self.book.drop_client(identity)
         self.queue(out)
 
-    def _bad_client(self, what: str) -> None:
-        self.bad(f"client: {what}")
+    def _bad_client(self, exc: wire.WireError) -> None:
+        self.bad("client", exc.reason, str(exc))
 
-    def _bad_result(self, what: str) -> None:
-        self.bad(f"results: {what}")
+    def _bad_result(self, exc: wire.WireError) -> None:
+        self.bad("results", exc.reason, str(exc))
 
     def on_results(self, frame: bytes) -> None:
         try:
             stage, parts = wire.split_frame(frame)
         except wire.WireError as exc:
-            self.bad(f"results: {exc}")
+            self._bad_result(exc)
             return
         if stage != wire.GATEWAY_STAGE:
-            self.bad(f"results: a frame for stage {stage!r} reached the gateway")
+            self.bad("results", "misaddressed", f"a frame for stage {stage!r} reached the gateway")
             return
         out: list[ClientOut] = []
         for msg in wire.messages(parts, self._bad_result):
@@ -113,12 +114,12 @@ class GatewaySockets:
                 dropped = self.book.drop_client(identity)
                 log.info("client %r is gone; dropped its %d request(s)", identity, len(dropped))
 
-    def status(self) -> dict[str, int]:
+    def status(self) -> dict[str, Any]:
         g = self.book.stats
         return {"in_flight": len(self.book.requests), "clients": len(self.book.by_client),
                 "admitted": g.admitted, "completed": g.completed, "failed": g.failed,
                 "rejected": g.rejected, "late_messages": g.late_messages,
-                "bad_frames": self.bad.count + g.bad_messages}
+                "bad_frames": self.bad.count, "bad_by_socket": self.bad.status()}
 
     def close(self) -> None:
         for sock in self.sockets:

@@ -28,6 +28,8 @@ class Instance:
     pool: str | None = None              # an LM pool's member serves one stage per prompt
     member: str | None = None
     stats: dict[str, Any] = field(default_factory=dict)
+    stalled: float = 0.0                 # s its event loop had not run at the last heartbeat
+    bad: dict[str, int] = field(default_factory=dict)  # malformed input dropped, by reason
 
 
 class Membership:
@@ -78,7 +80,8 @@ class Membership:
         self._new_epoch()
         return True
 
-    def heartbeat(self, identity: bytes, now: float, depth: int, held: list[int], stats: dict) -> Instance | None:
+    def heartbeat(self, identity: bytes, now: float, depth: int, held: list[int], stats: dict,
+                  stalled: float = 0.0, bad: dict[str, int] | None = None) -> Instance | None:
         iid = self.by_identity.get(identity)
         if iid is None:
             return None
@@ -87,6 +90,8 @@ class Membership:
         inst.depth = depth
         inst.held = held
         inst.stats = stats
+        inst.stalled = stalled
+        inst.bad = bad or {}
         return inst
 
     def dead(self, now: float) -> list[Instance]:
@@ -132,7 +137,8 @@ class Membership:
             by_stage.setdefault(inst.stage, []).append(inst)
         return {name: {"replicas": replicas.get(name),
                        "instances": [{"iid": i.iid, "pid": i.pid, "host": i.host, "address": i.address,
-                                      "depth": i.depth, "draining": i.draining, "stats": i.stats}
+                                      "depth": i.depth, "draining": i.draining, "stats": i.stats,
+                                      "stalled": i.stalled, "bad": i.bad}
                                      for i in by_stage[name]]}
                 for name in self.stage_names}
 

@@ -43,7 +43,6 @@ class GatewayStats:
     failed: int = 0
     rejected: int = 0
     late_messages: int = 0      # for requests already ended (failed, expired, cancelled)
-    bad_messages: int = 0
 
 
 class Gateway:

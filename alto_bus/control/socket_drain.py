@@ -1,4 +1,4 @@
-"""Reading what is ready on a broker socket without blocking, and counting malformed frames.
+"""Reading what is ready on a broker socket without blocking.
 
 The broker's loop owns several sockets; each turn it takes at most ``limit`` messages from
 each, so that one busy socket cannot starve the others (or the tick).
@@ -6,23 +6,11 @@ each, so that one busy socket cannot starve the others (or the tick).
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 
 import zmq
 
-
-class BadFrames:
-    """Malformed frames dropped (counted, logged sparingly: a flood must not flood the log)."""
-
-    def __init__(self, log: logging.Logger) -> None:
-        self.log = log
-        self.count = 0
-
-    def __call__(self, what: str) -> None:
-        self.count += 1
-        if self.count <= 20 or self.count % 1000 == 0:
-            self.log.warning("dropped a malformed frame (%d so far): %s", self.count, what)
+from alto_bus.protocol.bad_frames import BadFrames
 
 
 def drain(sock: zmq.Socket, handle: Callable[[bytes], None], limit: int = 1000) -> None:
@@ -36,7 +24,7 @@ def drain(sock: zmq.Socket, handle: Callable[[bytes], None], limit: int = 1000) 
 
 
 def drain_routed(sock: zmq.Socket, handle: Callable[[bytes, bytes], None], bad: BadFrames,
-                 limit: int = 1000) -> None:
+                 socket: str, limit: int = 1000) -> None:
     """Hand each ready ROUTER message to ``handle(identity, frame)``."""
     for _ in range(limit):
         try:
@@ -44,6 +32,6 @@ def drain_routed(sock: zmq.Socket, handle: Callable[[bytes, bytes], None], bad: 
         except zmq.Again:
             return
         if len(parts) != 2:
-            bad(f"{len(parts)}-part message on a ROUTER socket (expected identity + frame)")
+            bad(socket, "multipart", f"{len(parts)}-part message (expected identity + frame)")
             continue
         handle(parts[0], parts[1])

@@ -69,7 +69,12 @@ _DECODE_ERRORS = (msgspec.DecodeError, OverflowError)
 
 
 class WireError(ValueError):
-    """A frame or message that cannot be taken; the text says what is wrong."""
+    """A frame or message that cannot be taken; the text says what is wrong, ``reason``
+    is a short fixed label for counting ("undecodable", "version", "DATA seq", ...)."""
+
+    def __init__(self, text: str, reason: str = "malformed") -> None:
+        super().__init__(text)
+        self.reason = reason
 
 
 def packb(obj: Any) -> bytes:
@@ -80,7 +85,7 @@ def unpackb(buf: bytes) -> Any:
     try:
         return msgpack.unpackb(buf, raw=False, strict_map_key=False)
     except Exception as exc:  # msgpack raises several unrelated types
-        raise WireError(f"frame of {len(buf)} bytes does not decode as msgpack: {exc}") from None
+        raise WireError(f"frame of {len(buf)} bytes does not decode as msgpack: {exc}", "undecodable") from None
 
 
 # -- data plane -------------------------------------------------------------------------
@@ -158,14 +163,15 @@ def split_frame(buf: bytes) -> tuple[str, list[msgspec.Raw]]:
         parts = _raw_array.decode(buf)
     except _DECODE_ERRORS:
         raise WireError(f"data frame of {len(buf)} bytes is not an array [version, stage, msg...]: "
-                        f"{_clip(_peek(buf))}") from None
+                        f"{_clip(_peek(buf))}", "undecodable") from None
     if len(parts) < 2:
-        raise WireError(f"data frame is not an array [version, stage, msg...]: {_clip(_peek(buf))}")
+        raise WireError(f"data frame is not an array [version, stage, msg...]: {_clip(_peek(buf))}", "undecodable")
     version, stage = _peek(parts[0]), _peek(parts[1])
     if version != VERSION or type(version) is not int:
-        raise WireError(f"data frame has protocol version {_clip(version)}, this build speaks {VERSION}")
+        raise WireError(f"data frame has protocol version {_clip(version)}, this build speaks {VERSION}",
+                        "version")
     if type(stage) is not str:
-        raise WireError(f"data frame names stage {_clip(stage)}, not a string")
+        raise WireError(f"data frame names stage {_clip(stage)}, not a string", "stage name")
     return stage, parts[2:]
 
 
@@ -174,7 +180,7 @@ def decode_message(raw: msgspec.Raw | bytes) -> Message:
     try:
         return _message.decode(raw)
     except _DECODE_ERRORS as exc:
-        raise WireError(_explain(raw, exc, KIND_NAMES, _FIELDS)) from None
+        raise _explain(raw, exc, KIND_NAMES, _FIELDS) from None
 
 
 def decode_frame(buf: bytes) -> tuple[str, list[Message]]:
@@ -183,7 +189,7 @@ def decode_frame(buf: bytes) -> tuple[str, list[Message]]:
     return stage, [decode_message(p) for p in parts]
 
 
-def messages(parts: list[msgspec.Raw], bad: Callable[[str], None]) -> Iterator[Message]:
+def messages(parts: list[msgspec.Raw], bad: Callable[[WireError], None]) -> Iterator[Message]:
     """The messages that decode; each one that does not goes to ``bad`` (never raises)."""
     for raw in parts:
         try:
@@ -214,23 +220,26 @@ def decode_client_frame(buf: bytes) -> list:
     """The messages of a frame to a client, as arrays (the client reads them by index)."""
     obj = unpackb(buf)
     if type(obj) is not list or not obj:
-        raise WireError(f"client frame is not an array [version, msg...]: {_clip(obj)}")
+        raise WireError(f"client frame is not an array [version, msg...]: {_clip(obj)}", "undecodable")
     if obj[0] != VERSION:
-        raise WireError(f"client frame has protocol version {_clip(obj[0])}, this build speaks {VERSION}")
+        raise WireError(f"client frame has protocol version {_clip(obj[0])}, this build speaks {VERSION}",
+                        "version")
     return obj[1:]
 
 
-def client_messages(buf: bytes, bad: Callable[[str], None]) -> Iterator[Submit | Cancel | Bye]:
+def client_messages(buf: bytes, bad: Callable[[WireError], None]) -> Iterator[Submit | Cancel | Bye]:
     """What a client sent the gateway, every field checked; what does not decode goes to
     ``bad`` (a bad frame as a whole, or each bad message alone)."""
     try:
         parts = _raw_array.decode(buf)
     except _DECODE_ERRORS:
-        bad(f"client frame of {len(buf)} bytes is not an array [version, msg...]: {_clip(_peek(buf))}")
+        bad(WireError(f"client frame of {len(buf)} bytes is not an array [version, msg...]: "
+                      f"{_clip(_peek(buf))}", "undecodable"))
         return
     version = _peek(parts[0]) if parts else None
     if version != VERSION or type(version) is not int:
-        bad(f"client frame has protocol version {_clip(version)}, this build speaks {VERSION}")
+        bad(WireError(f"client frame has protocol version {_clip(version)}, this build speaks {VERSION}",
+                      "version"))
         return
     for raw in parts[1:]:
         try:
@@ -249,12 +258,13 @@ def encode_control(op: str, body: dict | None = None) -> bytes:
 def decode_control(buf: bytes) -> tuple[str, dict]:
     obj = unpackb(buf)
     if type(obj) is not list or len(obj) != 3:
-        raise WireError(f"control frame is not [version, op, body]: {_clip(obj)}")
+        raise WireError(f"control frame is not [version, op, body]: {_clip(obj)}", "undecodable")
     version, op, body = obj
     if version != VERSION:
-        raise WireError(f"control frame has protocol version {_clip(version)}, this build speaks {VERSION}")
+        raise WireError(f"control frame has protocol version {_clip(version)}, this build speaks {VERSION}",
+                        "version")
     if type(op) is not str or type(body) is not dict:
-        raise WireError(f"control frame has op {_clip(op)} and body {_clip(body)}")
+        raise WireError(f"control frame has op {_clip(op)} and body {_clip(body)}", "undecodable")
     return op, body
 
 
@@ -272,19 +282,20 @@ def _peek(raw: Any) -> Any:
         return f"<{len(raw)} bytes that do not decode>"
 
 
-def _explain(raw: Any, exc: Exception, names: dict[int, str], fields: dict[int, tuple[str, ...]]) -> str:
-    """A decode error in words: the kind, the field by name, msgspec's reason."""
+def _explain(raw: Any, exc: Exception, names: dict[int, str], fields: dict[int, tuple[str, ...]]) -> WireError:
+    """A decode error in words (the kind, the field by name, msgspec's reason) and its label."""
     obj = _peek(raw)
     kind = obj[0] if type(obj) is list and obj and type(obj[0]) is int else None
     if kind not in names:
-        return f"message {_clip(obj)} is not an array of a known kind ({exc})"
-    reason = str(exc)
-    at = reason.rfind("- at `$[")
+        return WireError(f"message {_clip(obj)} is not an array of a known kind ({exc})", "unknown kind")
+    text, label = str(exc), f"{names[kind]} length"
+    at = text.rfind("- at `$[")
     if at >= 0:
-        index = reason[at + 8:].split("]", 1)[0]
+        index = text[at + 8:].split("]", 1)[0]
         if index.isdigit() and int(index) < len(fields[kind]):
-            reason = f"field {fields[kind][int(index)]}: {reason[:at].strip()} ({reason[at + 2:]})"
-    return f"{names[kind]} message {_clip(obj)}: {reason}"
+            label = f"{names[kind]} {fields[kind][int(index)]}"
+            text = f"field {fields[kind][int(index)]}: {text[:at].strip()} ({text[at + 2:]})"
+    return WireError(f"{names[kind]} message {_clip(obj)}: {text}", label)
 
 
 def _clip(obj: Any, limit: int = 80) -> str:

@@ -9,6 +9,7 @@ sleeps.
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import queue
@@ -25,6 +26,8 @@ from alto_bus.net.sockets import make_socket
 from alto_bus.net.waker import Waker
 
 log = logging.getLogger("alto.control")
+# This many failed turns within the window and the link gives up (and the worker exits 1).
+MAX_FAILED_TURNS, FAILURE_WINDOW = 20, 60.0
 
 
 class ControlLink(threading.Thread):
@@ -69,30 +72,46 @@ class ControlLink(threading.Thread):
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         poller.register(self._waker.fileno(), zmq.POLLIN)
-        next_beat = time.monotonic()
+        self._next_beat = time.monotonic()
+        failures: collections.deque[float] = collections.deque(maxlen=MAX_FAILED_TURNS)
         try:
             while not self._halt.is_set():
-                self._send_queued(sock)
-                now = time.monotonic()
-                if self.heartbeat_interval is not None and self.ready_body is not None and now >= next_beat:
-                    self._heartbeat(sock)
-                    next_beat = now + self.heartbeat_interval
-                timeout = 0.25 if self.heartbeat_interval is None else max(0.0, next_beat - now)
-                events = dict(poller.poll(timeout * 1000))
-                if self._waker.fileno() in events:
-                    self._waker.clear()
-                if sock in events:
-                    self._receive(sock)
-                # Armed once registered: before that the broker owes us nothing (a stage may
-                # take a minute to start its engine between "welcome" and "ready").
-                if (self.broker_timeout is not None and self.ready_body is not None
-                        and time.monotonic() - self.last_heard > self.broker_timeout):
-                    self.deliver("broker_lost", {"silent": time.monotonic() - self.last_heard})
-                    self.last_heard = time.monotonic()
+                try:
+                    self._turn(sock, poller)
+                except Exception:
+                    # Never die silently: a thread that stops sending heartbeats leaves a
+                    # zombie the broker declares dead. Carry on; if turns keep failing, the
+                    # worker is told and exits non-zero so that its supervisor sees it.
+                    now = time.monotonic()
+                    failures.append(now)
+                    log.exception("control link: a turn failed (%d in the last %g s)", len(failures),
+                                  FAILURE_WINDOW)
+                    if len(failures) == MAX_FAILED_TURNS and now - failures[0] < FAILURE_WINDOW:
+                        self.deliver("control_failed", {"turns": len(failures)})
+                        return
             self._send_queued(sock)  # a last "bye"
         finally:
             sock.close(linger=200)
             self._waker.close()
+
+    def _turn(self, sock: zmq.Socket, poller: zmq.Poller) -> None:
+        self._send_queued(sock)
+        now = time.monotonic()
+        if self.heartbeat_interval is not None and self.ready_body is not None and now >= self._next_beat:
+            self._next_beat = now + self.heartbeat_interval
+            self._heartbeat(sock)
+        timeout = 0.25 if self.heartbeat_interval is None else max(0.0, self._next_beat - now)
+        events = dict(poller.poll(timeout * 1000))
+        if self._waker.fileno() in events:
+            self._waker.clear()
+        if sock in events:
+            self._receive(sock)
+        # Armed once registered: before that the broker owes us nothing (a stage may
+        # take a minute to start its engine between "welcome" and "ready").
+        if (self.broker_timeout is not None and self.ready_body is not None
+                and time.monotonic() - self.last_heard > self.broker_timeout):
+            self.deliver("broker_lost", {"silent": time.monotonic() - self.last_heard})
+            self.last_heard = time.monotonic()
 
     def _send_queued(self, sock: zmq.Socket) -> None:
         while True:

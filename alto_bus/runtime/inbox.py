@@ -87,17 +87,17 @@ class Inbox:
 
 
 def checked_messages(frame: bytes, stage: str, stats: collections.Counter,
-                     bad: Callable[[str], None]) -> Iterator[Message]:
+                     bad: Callable[[wire.WireError], None]) -> Iterator[Message]:
     """The well-formed messages of ``frame``, every field checked. A frame that does not
     decode or is for another stage, and a malformed message, go to ``bad`` (never raise)."""
     stats["frames_in"] += 1
     try:
         frame_stage, parts = wire.split_frame(frame)
     except wire.WireError as exc:
-        bad(str(exc))
+        bad(exc)
         return
     if frame_stage != stage:
-        bad(f"frame for stage {frame_stage!r} reached an instance of {stage!r}")
+        bad(wire.WireError(f"frame for stage {frame_stage!r:.40} reached an instance of {stage!r}", "misaddressed"))
         return
     stats["messages_in"] += len(parts)
     yield from wire.messages(parts, bad)

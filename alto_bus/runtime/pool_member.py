@@ -74,6 +74,10 @@ class PoolMember:
         finally:
             await engine.shutdown()
 
+    @property
+    def failed(self) -> bool:
+        return any(w.failed for w in self.workers)
+
     def request_stop(self, drain: bool = False) -> None:
         self._stopping = True
         for w in self.workers:

@@ -30,8 +30,10 @@ import zmq
 import zmq.asyncio
 
 from alto_bus.protocol import wire
+from alto_bus.protocol.bad_frames import BadFrames
 from alto_bus.protocol.messages import Data, Drop, End, Error, Message
 from alto_bus.runtime.control_link import ControlLink
+from alto_bus.runtime.heartbeat import HeartbeatBoard, snapshot
 from alto_bus.routing.route_table import GATEWAY, PARK, Fail, RouteTable
 from alto_bus.runtime.inbox import Inbox, checked_messages
 from alto_bus.runtime.outbox import Outbox, Outboxes
@@ -105,6 +107,9 @@ class Worker:
         self._control: ControlLink | None = None
         self._events: dict[str, asyncio.Future] = {}
         self._stop_now = False
+        self._bad_frames = BadFrames(log)
+        self._heartbeats = HeartbeatBoard(lambda: snapshot(self))
+        self.failed = False  # ended because a thread of its own failed (the process exits 1)
         self._draining = False
         self._left_epoch: int | None = None  # the epoch that took this instance out of routing
         self._oldest_epoch = 0                # oldest epoch a request in flight uses (broker's loads)
@@ -158,7 +163,7 @@ class Worker:
         """Join the topology and serve until stopped (``request_stop`` or the broker)."""
         self._loop = asyncio.get_running_loop()
         self._wakeup = asyncio.Event()
-        self._control = ControlLink(zmq.Context.instance(), self.broker, self._deliver, self._snapshot,
+        self._control = ControlLink(zmq.Context.instance(), self.broker, self._deliver, self._heartbeats.latest,
                                     broker_timeout=self.broker_timeout,
                                     curve=self.curve.to_broker("control link") if self.curve else None)
         self._control.start()
@@ -180,6 +185,7 @@ class Worker:
             self.address = advertised(bound_address(inbox), self._advertise or self.config.advertise)
             if self.curve:  # senders learn the inbox's public key with its address
                 self.address = self.curve.advertise(self.address)
+            self._heartbeats.start(self._loop, float(welcome.get("heartbeat_interval", 0.5)))
             self._control.send("ready", {"stage": self.stage, "address": self.address,
                                          "pid": os.getpid(), "host": self.host, **self._labels})
             registered = await self._expect("registered", "the broker did not confirm the registration")
@@ -248,6 +254,10 @@ class Worker:
             self._cancel(body.get("rids", []))
         elif op == "shutdown":
             self._begin_stop(drain=False)
+        elif op == "control_failed":
+            log.critical("stage %s: the control link failed %d turns in a row; stopping", self.stage, body["turns"])
+            self.failed = True
+            self._begin_stop(drain=False)
         elif op == "broker_lost":
             log.error("stage %s: the broker has been silent for %.0f s; stopping", self.stage, body["silent"])
             self._begin_stop(drain=False)
@@ -271,23 +281,6 @@ class Worker:
                         self.stage, self.drain_timeout)
             self._stop_now = True
             self._wakeup.set()
-
-    def _snapshot(self) -> dict[str, Any]:
-        """Heartbeat body (called from the control thread: copies only)."""
-        logic = self.logic
-        held = set(self._inflight)
-        depth = self._inflight_total
-        body: dict[str, Any] = {"depth": depth, "stats": dict(self.stats)}
-        if logic is not None:
-            held.update(logic.held())
-            body["depth"] = depth + logic.depth()
-            prompt_stats = getattr(logic, "prompt_stats", None)
-            if prompt_stats is not None:
-                body["prompt"] = prompt_stats()
-        if self.routes.pool is not None:
-            body["spills"] = self.routes.pool.policy.drain_spills()
-        body["held"] = list(held)[:100_000]
-        return body
 
     # -- routing tables ----------------------------------------------------------------
 
@@ -461,10 +454,9 @@ class Worker:
                 log.exception("stage %s failed on a %s message", self.stage, wire.kind_name(msg))
                 self.error([msg.path[0]], f"stage failed: {describe(exc)}", 0)
 
-    def _bad(self, what: str) -> None:
-        n = self.stats["bad_frames"] = self.stats["bad_frames"] + 1
-        if n <= 20 or n % 1000 == 0:
-            log.warning("stage %s: dropped a malformed message (%d so far): %s", self.stage, n, what)
+    def _bad(self, exc: wire.WireError) -> None:
+        self.stats["bad_frames"] += 1
+        self._bad_frames("inbox", exc.reason, str(exc))
 
     def _build_logic(self, config: StageConfig) -> StageLogic:
         add_handler_dir(config.base_dir)
@@ -478,6 +470,7 @@ class Worker:
         return stage_kind(config.kind).build(config)
 
     async def _close(self, inbox: zmq.Socket | None) -> None:
+        self._heartbeats.stop()
         if self._flush_handle is not None:
             self._flush_handle.cancel()
         try:

@@ -10,6 +10,7 @@ import contextlib
 import zmq
 
 from alto_bus.protocol import wire
+from alto_bus.protocol.control_bodies import convert
 from alto_bus.protocol.messages import Submit
 from alto_bus.control.broker import Broker
 from alto_bus.deploy.topology import parse
@@ -46,7 +47,8 @@ def broker_and_inboxes(n: int):
 
 
 def register(broker: Broker, name: bytes, stage: str, address: str, now: float) -> int:
-    broker._op_ready(name, {"stage": stage, "address": address, "pid": 1, "host": name.decode()}, now)
+    broker._op_ready(name, convert("ready", {"stage": stage, "address": address, "pid": 1,
+                                             "host": name.decode()}), now)
     return broker.members.by_identity[name]
 
 
@@ -94,10 +96,10 @@ def test_a_draining_entry_instance_that_dies_fails_what_it_was_sent_before_leavi
         broker.entries[first + 1].backlog.append(b"")  # not writable: the request goes to fan-1
         submit_and_deliver(broker, inboxes[0], cid=7, now=0.0)
         broker.entries[first + 1].backlog.clear()
-        broker._op_leave(b"fan-1", {}, now=0.0)  # out of the routing table, draining
+        broker._op_leave(b"fan-1", convert("leave", {}), now=0.0)  # out of the routing table, draining
         assert first not in broker.entries
         for name in (b"slow", b"fan-2"):  # the others stay alive
-            broker._op_heartbeat(name, {"depth": 0, "held": []}, now=10.0)
+            broker._op_heartbeat(name, convert("heartbeat", {"depth": 0, "held": []}), now=10.0)
         broker._tick(10.0)
         assert first not in broker.members.instances
         stage, message = failures(broker)[7]

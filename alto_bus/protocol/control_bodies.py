@@ -1,0 +1,93 @@
+"""The bodies of the control messages a broker takes, as typed records.
+
+The control plane is ``[VERSION, op, body]`` with ``body`` a map (wire.py); the broker
+converts each body to its op's record before a handler reads it, so every field is
+checked for type and range first (a heartbeat whose ``prompt`` is not a map, a ``held``
+that is not a list of request ids), and a bad one is refused naming the op and field.
+Unknown fields are ignored (a newer worker may send more); missing ones take defaults.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Union
+
+import msgspec
+
+from alto_bus.protocol.messages import Count
+
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+Number = Union[int, float]
+# Per-prompt counters (prefill/cached/decode tokens, running, waiting, KV figures).
+Counters = dict[Annotated[str, msgspec.Meta(max_length=64)], Number]
+MAX_IDS = 1_000_000  # request ids in one body: far above what a worker reports
+
+
+class Body(msgspec.Struct, kw_only=True):
+    pass
+
+
+class Hello(Body):
+    stage: Name
+    pid: Count = 0
+    host: str = "?"
+
+
+class Ready(Body):
+    stage: Name
+    address: Annotated[str, msgspec.Meta(min_length=1, max_length=4096)]
+    pid: Count = 0
+    host: str = "?"
+    pool: Union[Name, None] = None
+    member: Union[Name, None] = None
+
+
+class Heartbeat(Body):
+    depth: Count = 0
+    held: Annotated[list[Count], msgspec.Meta(max_length=MAX_IDS)] = []
+    stats: Counters = {}
+    prompt: Union[Counters, None] = None
+    spills: dict[Name, dict[Name, Count]] = {}
+    stalled: Annotated[float, msgspec.Meta(ge=0)] = 0.0   # seconds the worker's loop has not run
+    bad: dict[Annotated[str, msgspec.Meta(max_length=64)], Count] = {}  # inbox: dropped, by reason
+
+
+class Lost(Body):
+    iid: Count
+    rids: Annotated[list[Count], msgspec.Meta(max_length=MAX_IDS)]
+    older: Annotated[list[Count], msgspec.Meta(max_length=MAX_IDS)] = []
+
+
+class PoolInfo(Body):
+    pool: Name
+
+
+class Empty(Body):
+    pass
+
+
+BODIES: dict[str, type[Body]] = {
+    "hello": Hello, "ready": Ready, "heartbeat": Heartbeat, "lost": Lost, "pool_info": PoolInfo,
+    "leave": Empty, "bye": Empty, "status": Empty, "shutdown": Empty,
+}
+
+
+class BodyError(ValueError):
+    def __init__(self, text: str, reason: str) -> None:
+        super().__init__(text)
+        self.reason = reason
+
+
+def convert(op: str, body: dict) -> Body:
+    """``body`` as ``op``'s record; :class:`BodyError` names the op and the field."""
+    kind = BODIES[op]
+    try:
+        return msgspec.convert(body, kind)
+    except msgspec.ValidationError as exc:
+        text = str(exc)
+        at = text.rfind("- at `$.")
+        field = text[at + 8:].split("`", 1)[0].split(".", 1)[0].split("[", 1)[0] if at >= 0 else ""
+        if "missing required field" in text:
+            field = text.split("`")[-2] if text.count("`") >= 2 else field
+        if field not in kind.__struct_fields__:  # labels stay a fixed set, whatever was sent
+            field = "body"
+        raise BodyError(f"{op} body: {text}", f"{op} {field}") from None
