@@ -141,6 +141,18 @@ class Client:
     def in_flight(self) -> int:
         return len(self._pending)
 
+    def cancel(self, future: concurrent.futures.Future) -> bool:
+        """Ask the gateway to end the request of ``future`` (from ``submit``, or a stream's);
+        its workers drop its work (LM generations are aborted) and the future fails with
+        RequestError("client", "cancelled by the client"). False if it had already ended."""
+        with self._lock:  # a scan: cancels are rare (a caller gone), submits are not
+            cid = next((c for c, p in self._pending.items() if p.future is future), None)
+        if cid is None or self._closed:
+            return False
+        self._outbox.put(msgpack.packb([wire.CANCEL, cid], use_bin_type=True))  # own packer: any thread
+        self._waker.wake()
+        return True
+
     def close(self) -> None:
         """Fail what is still pending, tell the gateway, stop the I/O thread."""
         if self._closed:
@@ -239,8 +251,41 @@ class Client:
             self._finish(p, error=RequestError("client", f"no answer from the gateway at {self.gateway}"))
 
 
+class AsyncStream:
+    """One request's partial results (``async for``), then ``await result()``; ``cancel()`` ends it early."""
+
+    def __init__(self, client: Client, payload: Any, timeout: float | None) -> None:
+        self._client = client
+        self._loop = asyncio.get_running_loop()
+        self._items: asyncio.Queue[Partial | None] = asyncio.Queue()
+        self.future: concurrent.futures.Future = concurrent.futures.Future()
+        client._submit(payload, timeout, self, self.future)
+
+    def _put(self, item: Partial | None) -> None:  # the I/O thread
+        self._loop.call_soon_threadsafe(self._items.put_nowait, item)
+
+    def __aiter__(self) -> AsyncStream:
+        return self
+
+    async def __anext__(self) -> Partial:
+        item = await self._items.get()
+        if item is None:
+            raise StopAsyncIteration
+        return item
+
+    async def result(self) -> Any:
+        """The request's value (after its partials); raises RequestError if it failed."""
+        return await asyncio.wrap_future(self.future)
+
+    def cancel(self) -> bool:
+        return self._client.cancel(self.future)
+
+
 class AsyncClient:
-    """The asyncio face of :class:`Client` (same I/O thread, awaitable results)."""
+    """The asyncio face of :class:`Client` (same I/O thread, awaitable results).
+
+    A caller that stops waiting (its task is cancelled, or it leaves a stream early)
+    cancels the request at the gateway, so its work stops too."""
 
     def __init__(self, gateway: str, *, timeout: float = 300.0, curve: Any = None) -> None:
         self._client = Client(gateway, timeout=timeout, curve=curve)
@@ -252,21 +297,26 @@ class AsyncClient:
         await self.close()
 
     async def submit(self, payload: Any, *, timeout: float | None = None) -> Any:
-        return await asyncio.wrap_future(self._client.submit(payload, timeout=timeout))
+        fut = self._client.submit(payload, timeout=timeout)
+        try:
+            return await asyncio.wrap_future(fut)
+        except asyncio.CancelledError:
+            self._client.cancel(fut)
+            raise
+
+    def open_stream(self, payload: Any, *, timeout: float | None = None) -> AsyncStream:
+        """Send one request; iterate its partials, then ``await result()`` (call in a running loop)."""
+        return AsyncStream(self._client, payload, timeout)
 
     async def stream(self, payload: Any, *, timeout: float | None = None) -> AsyncIterator[Partial]:
-        loop = asyncio.get_running_loop()
-        items: asyncio.Queue[Partial | None] = asyncio.Queue()
-        fut: concurrent.futures.Future = concurrent.futures.Future()
-
-        class _Bridge:
-            def _put(self, item: Partial | None) -> None:
-                loop.call_soon_threadsafe(items.put_nowait, item)
-
-        self._client._submit(payload, timeout, _Bridge(), fut)
-        while (item := await items.get()) is not None:
-            yield item
-        await asyncio.wrap_future(fut)
+        s = self.open_stream(payload, timeout=timeout)
+        try:
+            async for item in s:
+                yield item
+            await s.result()
+        finally:
+            if not s.future.done():  # left early (break, aclose, cancelled)
+                s.cancel()
 
     async def close(self) -> None:
         await asyncio.get_running_loop().run_in_executor(None, self._client.close)

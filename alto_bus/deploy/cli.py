@@ -1,4 +1,4 @@
-"""The ``alto`` command: launch, broker, worker, submit, status, check."""
+"""The ``alto`` command: launch, broker, worker, http, submit, status, check."""
 
 from __future__ import annotations
 
@@ -23,10 +23,21 @@ def cmd_launch(args: argparse.Namespace) -> int:
 
     _logging("WARNING" if not args.verbose else "INFO")
     if args.hosts is not None:  # across the [[host]] tables, over ssh
+        if args.http:
+            print("error: --http serves a one-machine launch; it does not combine with --hosts", file=sys.stderr)
+            return 2
         from alto_bus.deploy.ssh_launch import launch_cluster_main
 
         return launch_cluster_main(args)
-    return launch(args.topology, log_level="INFO" if args.verbose else "WARNING")
+    if args.http:
+        from alto_bus.deploy.http_config import parse_listen
+
+        try:
+            parse_listen(args.http)
+        except ValueError as exc:
+            print(f"error: --http: {exc}", file=sys.stderr)
+            return 2
+    return launch(args.topology, log_level="INFO" if args.verbose else "WARNING", http=args.http)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -117,12 +128,35 @@ def cmd_worker(args: argparse.Namespace) -> int:
     except WorkerError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    return 0
+    return 1 if worker.failed else 0  # a thread of its own failed: tell the supervisor
+
+
+def cmd_http(args: argparse.Namespace) -> int:
+    from alto_bus.service.http_server import serve
+
+    _logging()
+    try:
+        curve = _curve(args)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return serve(args.gateway, args.control, args.listen, timeout=args.timeout, curve=curve,
+                 announce=args.announce)
+
+
+def _one_of(args: argparse.Namespace, zmq_option: str) -> bool:
+    """Exactly one of --ZMQ_OPTION and --http was given (else a message on stderr)."""
+    if (getattr(args, zmq_option) is None) == (args.http is None):
+        print(f"error: give --{zmq_option} or --http URL (one of them)", file=sys.stderr)
+        return False
+    return True
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
     from alto_bus.client import Client, RequestError
 
+    if not _one_of(args, "gateway"):
+        return 2
     try:
         payload = json.loads(args.payload)
     except json.JSONDecodeError as exc:
@@ -132,6 +166,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
             print(f"hint: a text request is a JSON string; quote it twice: alto submit ... "
                   f"'{json.dumps(args.payload)}'", file=sys.stderr)
         return 2
+    if args.http:
+        from alto_bus.service import http_cli
+
+        return http_cli.submit(args.http, payload, stream=args.stream, timeout=args.timeout, compact=args.compact)
     try:
         curve = _curve(args)
     except ValueError as exc:
@@ -157,16 +195,25 @@ def cmd_submit(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from alto_bus.deploy.status_probe import StatusProbe
 
-    try:
-        curve = _curve(args)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    if not _one_of(args, "broker"):
         return 2
-    with StatusProbe(args.broker, curve=curve) as probe:
-        status = probe.query(timeout=args.timeout)
-    if status is None:
-        print(f"error: no answer from the broker at {args.broker} within {args.timeout:g} s", file=sys.stderr)
-        return 1
+    if args.http:
+        from alto_bus.service import http_cli
+
+        status = http_cli.status(args.http, args.timeout)
+        if status is None:
+            return 1
+    else:
+        try:
+            curve = _curve(args)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        with StatusProbe(args.broker, curve=curve) as probe:
+            status = probe.query(timeout=args.timeout)
+        if status is None:
+            print(f"error: no answer from the broker at {args.broker} within {args.timeout:g} s", file=sys.stderr)
+            return 1
     if args.json:
         print(json.dumps(status, indent=2, default=repr))
         return 0
@@ -174,18 +221,28 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _counts(by_reason: dict[str, int]) -> str:
+    return ", ".join(f"{n} {reason}" for reason, n in sorted(by_reason.items(), key=lambda kv: -kv[1]))
+
+
 def _format_status(status: dict[str, Any]) -> str:
     g = status["gateway"]
     lines = [f"epoch {status['epoch']}  gateway {status['addresses']['gateway']}",
              f"requests: {g['in_flight']} in flight, {g['completed']} completed, {g['failed']} failed, "
              f"{g['rejected']} rejected; bad frames {g['bad_frames']}"]
+    for socket, reasons in g.get("bad_by_socket", {}).items():
+        lines.append(f"  dropped on the {socket} socket: {_counts(reasons)}")
     for name, st in status["stages"].items():
         insts = st["instances"]
         lines.append(f"stage {name}: {len(insts)}/{st['replicas']} instances")
         for i in insts:
             flag = " (draining)" if i["draining"] else ""
+            if i.get("stalled"):
+                flag += f" (event loop stalled {i['stalled']:.1f} s)"
             lines.append(f"  #{i['iid']} pid {i['pid']} on {i['host']} {i['address']} depth {i['depth']}"
                          f" in {i['stats'].get('messages_in', 0)} msgs{flag}")
+            if i.get("bad"):
+                lines.append(f"    dropped on its inbox: {_counts(i['bad'])}")
     for name, pool in status.get("pools", {}).items():
         lines.append(f"pool {name} ({pool['policy']}):")
         for prompt, members in pool["placement"].items():
@@ -246,6 +303,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hosts", nargs="?", const="all",
                    help="start across the file's [[host]] tables over ssh: all, or NAME,NAME,... "
                         "(the first runs the broker)")
+    p.add_argument("--http", metavar="HOST:PORT",
+                   help="also serve the HTTP front door there (port 0: a free one; overrides [http] listen)")
     from alto_bus.deploy.ssh_launch import add_cluster_arguments
 
     add_cluster_arguments(p)  # ssh options of --hosts
@@ -275,8 +334,18 @@ def main(argv: list[str] | None = None) -> int:
     _key_options(p)
     p.set_defaults(func=cmd_worker)
 
+    p = sub.add_parser("http", help="serve the HTTP front door of a running topology (a client of its gateway)")
+    p.add_argument("--gateway", required=True, help="the gateway's address")
+    p.add_argument("--control", help="the broker's control address (for /v1/status and /metrics)")
+    p.add_argument("--listen", default="127.0.0.1:8000", metavar="HOST:PORT", help="port 0 picks a free one")
+    p.add_argument("--timeout", type=float, default=30.0, help="deadline of a request that gives none (s)")
+    p.add_argument("--announce", action="store_true", help='print {"http": URL} as one JSON line once listening')
+    _key_options(p)
+    p.set_defaults(func=cmd_http)
+
     p = sub.add_parser("submit", help="send one request and print its result")
-    p.add_argument("--gateway", required=True)
+    p.add_argument("--gateway")
+    p.add_argument("--http", metavar="URL", help="or: the HTTP front door (http://HOST:PORT)")
     p.add_argument("--stream", action="store_true", help="print partial results as they arrive")
     p.add_argument("--timeout", type=float, default=60.0)
     p.add_argument("--compact", action="store_true")
@@ -285,7 +354,8 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=cmd_submit)
 
     p = sub.add_parser("status", help="show instances, epochs and request counts")
-    p.add_argument("--broker", required=True, help="the broker's control address")
+    p.add_argument("--broker", help="the broker's control address")
+    p.add_argument("--http", metavar="URL", help="or: the HTTP front door (http://HOST:PORT)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--timeout", type=float, default=3.0)
     _key_options(p)

@@ -6,7 +6,9 @@ instance on the file's addresses); ``alto node FILE --host NAME`` one with that 
 share of the [[host]] tables (:func:`~alto_bus.deploy.plan.plan`).
 
 It prints the gateway address, status lines as instances register and ``ready``, and
-stops everything in order (instances first: they drain and leave; then the broker).
+stops everything in order (the HTTP front door, then instances: they drain and leave;
+then the broker). ``alto launch`` also runs the HTTP front door (``--http`` or an
+``[http]`` table) as a process of its own, a client of the gateway like any other.
 Children run in their own session (a Ctrl-C reaches only the supervisor) and carry a
 parent-death signal, so even a supervisor killed with SIGKILL leaves no orphan: SIGTERM
 for ``alto launch``, SIGKILL for a node (a node that disappears takes its instances
@@ -44,7 +46,7 @@ log = logging.getLogger("alto.node")
 
 @dataclass
 class Child:
-    role: str                      # "broker", "<stage>#<replica>" or "pool <pool>#<replica>"
+    role: str                      # "broker", "http", "<stage>#<replica>" or "pool <pool>#<replica>"
     proc: subprocess.Popen
     placed: Placed | None = None
     pidfd: int | None = None
@@ -67,6 +69,7 @@ class Supervisor:
     broker_wait: float = 10.0
     ready_timeout: float = 600.0  # a vLLM engine can take minutes to load
     announce: bool = False
+    http: str | None = None              # HOST:PORT of the HTTP front door (overrides [http] listen)
     stop_grace: float | None = None      # per group (instances, broker); default 10 s here, 40 s on a node
     children: list[Child] = field(default_factory=list)
     addresses: dict[str, str] = field(default_factory=dict)
@@ -109,6 +112,8 @@ class Supervisor:
         curve = keys.topology_curve(p.topology, "broker" if p.runs_broker else "worker", p.host.name)
         if p.runs_broker:
             self._start_broker()
+            if p.local:
+                self._start_http()
         else:
             assert self.broker is not None
             self._probe(curve)
@@ -126,7 +131,7 @@ class Supervisor:
             args += ["--port-base", str(self.port_base)]
         broker = self._spawn("broker", args, stdout=subprocess.PIPE)
         try:
-            self.addresses = _read_announcement(broker.proc, timeout=30)
+            self.addresses = _read_announcement(broker.proc, timeout=30, what="the broker")
         except NodeError as exc:
             raise NodeError(f"{self._who}{exc}") from None
         self.broker = self.addresses["control"]
@@ -135,6 +140,25 @@ class Supervisor:
         else:
             self._print(f"gateway {self.addresses['gateway']}")
             self._print(f"control {self.addresses['control']}")
+
+    def _start_http(self) -> None:
+        """The HTTP front door, when asked for; prints ``http http://HOST:PORT`` once it listens."""
+        assert self.plan is not None
+        topo = self.plan.topology
+        listen = self.http or (topo.http.listen if topo.http else None)
+        if listen is None:
+            return
+        args = ["http", "--gateway", self.addresses["gateway"], "--control", self.addresses["control"],
+                "--listen", listen, "--timeout", str(topo.http.timeout if topo.http else 30.0), "--announce",
+                *curve_args(topo)]
+        door = self._spawn("http", args, stdout=subprocess.PIPE)
+        try:
+            url = _read_announcement(door.proc, timeout=30, what="the HTTP front door")["http"]
+        except NodeError as exc:
+            raise NodeError(f"{self._who}{exc}") from None
+        self.addresses["http"] = url
+        if not self.announce:
+            self._print(f"http {url}")
 
     def _worker_args(self, placed: Placed) -> list[str]:
         assert self.plan is not None and self.broker is not None
@@ -244,7 +268,7 @@ class Supervisor:
                     continue
                 child.done = True
                 self._print(f"{prefix}{child.role} (pid {child.proc.pid}) exited with code {code}")
-                if child.role == "broker":
+                if child.role in ("broker", "http"):  # the service is down (or half down)
                     return 1
             workers = [c for c in self.children if c.placed is not None]
             if workers and all(c.done for c in workers) and not self.plan.runs_broker:
@@ -256,8 +280,10 @@ class Supervisor:
         if grace is None:
             grace = self.stop_grace if self.stop_grace is not None else (
                 10.0 if self.plan is None or self.plan.local else 40.0)
-        instances = [c for c in self.children if c.role != "broker"]
-        for group in (instances, [c for c in self.children if c.role == "broker"]):
+        # The front door first (no new requests), instances next (they drain), the broker last.
+        door = [c for c in self.children if c.role == "http"]
+        instances = [c for c in self.children if c.role not in ("broker", "http")]
+        for group in (door, instances, [c for c in self.children if c.role == "broker"]):
             for child in group:
                 if child.proc.poll() is None:
                     try:
@@ -288,16 +314,17 @@ def curve_args(topology: topo_mod.Topology, key: str | None = None) -> list[str]
     return [] if sec is None else ["--key", key or sec.worker_key, "--broker-key", sec.broker_key]
 
 
-def _read_announcement(proc: subprocess.Popen, timeout: float) -> dict[str, str]:
+def _read_announcement(proc: subprocess.Popen, timeout: float, what: str) -> dict[str, str]:
     ready, _, _ = select.select([proc.stdout], [], [], timeout)
     if not ready:
-        raise NodeError(f"the broker did not start within {timeout:g} s")
+        raise NodeError(f"{what} did not start within {timeout:g} s")
     line = proc.stdout.readline()
     if not line:
-        raise NodeError(f"the broker exited with code {proc.wait()} before it was up (see its log above)")
+        raise NodeError(f"{what} exited with code {proc.wait()} before it was up (see its log above)")
     return json.loads(line)
 
 
-def launch(path: str | Path, *, out: IO[str] = sys.stdout, log_level: str = "WARNING") -> int:
-    """Run ``alto launch``; returns the process exit code."""
-    return run_until_signal(Supervisor(str(path), out=out, log_level=log_level), (NodeError,), out)
+def launch(path: str | Path, *, out: IO[str] = sys.stdout, log_level: str = "WARNING",
+           http: str | None = None) -> int:
+    """Run ``alto launch``; returns the process exit code. ``http``: serve the front door on HOST:PORT."""
+    return run_until_signal(Supervisor(str(path), out=out, log_level=log_level, http=http), (NodeError,), out)

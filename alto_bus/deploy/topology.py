@@ -163,6 +163,7 @@ class Topology:
     pools: tuple[PoolConfig, ...] = ()
     hosts: tuple[HostConfig, ...] = ()      # [[host]]: where instances run (empty: this machine)
     security: SecurityConfig | None = None  # [security]: CURVE on every link
+    http: HttpConfig | None = None          # [http]: the HTTP front door of `alto launch`
 
     def pool(self, name: str) -> PoolConfig:
         for p in self.pools:
@@ -198,10 +199,10 @@ def parse(raw: dict[str, Any], *, source: str = "<topology>", check_handlers: bo
           base_dir: str | None = None) -> Topology:
     """Validate a topology given as a dict (what the TOML decodes to); ``base_dir`` is
     where its handler modules may also be found (``load`` gives the file's directory)."""
-    unknown = set(raw) - {"broker", "stage", "pool", "host", "security"}
+    unknown = set(raw) - {"broker", "stage", "pool", "host", "security", "http"}
     if unknown:
         raise TopologyError(f"{source}: unknown top-level table(s) {sorted(unknown)}; "
-                            "expected [broker], [[pool]] and [[stage]]")
+                            "expected [broker], [http], [[pool]] and [[stage]]")
     broker_raw = raw.get("broker", {})
     if not isinstance(broker_raw, dict):
         raise TopologyError(f"{source}: [broker] must be a table")
@@ -229,7 +230,7 @@ def parse(raw: dict[str, Any], *, source: str = "<topology>", check_handlers: bo
         if not names:
             raise TopologyError(f"{source}: pool {name!r}: no LM stage names it (field 'pool' of an lm stage)")
     pools_out = tuple(_replace_pool(p, stages=users[p.name]) for p in pools.values())
-    return with_hosts(Topology(source=source, broker=broker, stages=chain, pools=pools_out), raw)
+    return with_http(with_hosts(Topology(source=source, broker=broker, stages=chain, pools=pools_out), raw), raw)
 
 
 def _replace_pool(p: PoolConfig, **changes: Any) -> PoolConfig:
@@ -458,3 +459,4 @@ from alto_bus.deploy.hosts import (  # noqa: E402, F401
     place_instances,
     with_hosts,
 )
+from alto_bus.deploy.http_config import HttpConfig, with_http  # noqa: E402, F401
