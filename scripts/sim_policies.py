@@ -187,7 +187,9 @@ ARRIVE, STEP, ROUND, REFRESH = 0, 1, 2, 3
 
 def simulate(make: Callable[[], Policy], trace: list[Req], n_instances: int,
              kv_tokens: int, prefix_tokens: dict[str, int], round_s: float,
-             load_period: float, n_senders: int) -> dict:
+             load_period: float, n_senders: int, report_kv: bool = False) -> dict:
+    """One policy on one trace. ``report_kv``: instances report their KV cache (capacity,
+    held by sequences) to ``place`` as the sim engine's workers do in the real system."""
     pool = [f"i{k}" for k in range(n_instances)]
     params = SimParams(kv_capacity_tokens=kv_tokens)
     hashes = {p: [hash((p, k)) for k in range(n // params.block_size)]
@@ -260,9 +262,12 @@ def simulate(make: Callable[[], Policy], trace: list[Req], n_instances: int,
                     for name, c in per.items():
                         drained.setdefault(p, {})[name] = drained.get(p, {}).get(name, 0) + c
             spills += sum(sum(v.values()) for v in drained.values())
+            kv = {name: (i.core.kv.num_blocks * i.block,
+                         (i.core.kv.num_blocks - i.core.kv.available()) * i.block)
+                  for name, i in inst.items()} if report_kv else {}
             placement = broker.place(RoundInput(
                 instances=pool, figures=figures, prefix_tokens=prefix_tokens,
-                previous=placement, spills=drained, prompts=sorted(prefix_tokens)))
+                previous=placement, spills=drained, prompts=sorted(prefix_tokens), kv=kv))
             changes += sum(len(d.added) + len(d.removed) for d in placement.decisions)
             if now < end or any(i.busy for i in inst.values()):
                 push(now + round_s, ROUND, None)
@@ -323,7 +328,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--round", type=float, default=1.0, help="seconds between placements")
     ap.add_argument("--seeds", type=int, default=1, help="traces to average over")
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--policies", default=",".join(available_policies()))
+    # The original four by default (scripts/sim_tenants.py compares the public ones too).
+    ap.add_argument("--policies", default=",".join(p for p in available_policies()
+                                                   if p not in ("sglang-cache-aware", "preble")))
     ap.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                     help="prompt-aware tuning, e.g. --param spill_ratio=2")
     ap.add_argument("--show-placement", action="store_true")

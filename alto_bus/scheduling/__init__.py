@@ -30,8 +30,10 @@ from .base import (
     Spills,
 )
 from .least_loaded import LeastLoaded
+from .preble import Preble
 from .prompt_aware import PromptAware
 from .round_robin import RoundRobin
+from .sglang_cache_aware import SGLangCacheAware
 
 DEFAULT_POLICY = "prompt-aware"
 
@@ -81,12 +83,12 @@ def available_policies() -> list[str]:
     return sorted(_REGISTRY)
 
 
-for _cls in (RoundRobin, LeastLoaded, Affinity, PromptAware):
+for _cls in (RoundRobin, LeastLoaded, Affinity, PromptAware, SGLangCacheAware, Preble):
     register_policy(_cls.name)(_cls)
 
 __all__ = [
     "DEFAULT_POLICY", "Affinity", "Decision", "InstanceId", "LeastLoaded", "Loads",
-    "Placement", "Policy", "Prompt", "PromptAware", "PromptFigures", "RoundInput",
-    "RoundRobin", "Spills", "available_policies", "make_policy", "policy_class",
+    "Placement", "Policy", "Preble", "Prompt", "PromptAware", "PromptFigures", "RoundInput",
+    "RoundRobin", "SGLangCacheAware", "Spills", "available_policies", "make_policy", "policy_class",
     "register_policy",
 ]
