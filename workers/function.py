@@ -17,7 +17,9 @@ FIELDS = {
     "handler": ((str,), REQUIRED),
     "options": ((dict,), None),      # when given, handler is a factory called with them
     "fanout": ((bool,), None),       # default: a generator handler fans out
+    "threads": ((int,), 0),          # >0: a sync handler runs on this many threads, off the loop
 }
+MAX_THREADS = 256
 
 
 def build_stage(config: StageConfig) -> FunctionStage:
@@ -25,12 +27,15 @@ def build_stage(config: StageConfig) -> FunctionStage:
     options = config.fields.get("options")
     if options is not None:
         fn = fn(**options)
-    return FunctionStage(fn)
+    return FunctionStage(fn, threads=config.fields.get("threads", 0))
 
 
 def check(values: dict[str, Any], input: str | None, label: str, check_handlers: bool) -> bool:
     """The handler can be imported and called; returns whether the stage fans out."""
     spec = values["handler"]
+    if not 0 <= values["threads"] <= MAX_THREADS:
+        raise TopologyError(f"{label}: field 'threads' must be 0 (on the event loop) to {MAX_THREADS}, "
+                            f"got {values['threads']}")
     if check_handlers:
         try:
             fn = import_object(spec)

@@ -12,6 +12,8 @@ barrier): chunk joining, markers above the key, cancel/held around a pure core.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import inspect
 import logging
 import types
@@ -76,9 +78,16 @@ def describe(exc: BaseException) -> str:
 
 
 class FunctionStage(StageLogic):
-    """Any callable as a stage. Streamed input items are reassembled before the call."""
+    """Any callable as a stage. Streamed input items are reassembled before the call.
 
-    def __init__(self, fn: Callable[..., Any]) -> None:
+    A sync handler runs on the event loop (the fastest for cheap functions), or with
+    ``threads = N`` on a pool of N threads of its own, so that a handler that blocks or
+    computes for long (a retriever, a tokenizer, file I/O) does not hold the loop: items
+    of other requests still move and heartbeats stay current. Children of a generator
+    run there are sent as they come, in order.
+    """
+
+    def __init__(self, fn: Callable[..., Any], threads: int = 0) -> None:
         if not callable(fn):
             raise TypeError(f"handler {fn!r} is not callable")
         self.fn = fn
@@ -86,6 +95,12 @@ class FunctionStage(StageLogic):
         self.is_async_gen = inspect.isasyncgenfunction(call)
         self.is_async = inspect.iscoroutinefunction(call)
         self._chunks = Chunks()
+        self._pool = (concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="alto-handler")
+                      if threads and not (self.is_async or self.is_async_gen) else None)
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
 
     def on_data(self, path: list, seq: int, payload: Any, final: bool, epoch: int) -> None:
         payload = self._chunks.feed(path, payload, final)
@@ -95,6 +110,8 @@ class FunctionStage(StageLogic):
             self.out.spawn(path[0], self._run_async_gen(path, payload, epoch))
         elif self.is_async:
             self.out.spawn(path[0], self._run_async(path, payload, epoch))
+        elif self._pool is not None:
+            self.out.spawn(path[0], self._run_in_thread(path, payload, epoch))
         else:
             try:
                 result = self.fn(payload)
@@ -134,6 +151,30 @@ class FunctionStage(StageLogic):
             self._fail(path, exc, epoch)
             return
         self._emit(path, result, epoch)
+
+    async def _run_in_thread(self, path: list, payload: Any, epoch: int) -> None:
+        loop = asyncio.get_running_loop()
+        children = _Children(self, path, epoch)
+
+        def work() -> Any:  # in a pool thread: the loop is told of each child, in order
+            result = self.fn(payload)
+            if not isinstance(result, types.GeneratorType):
+                return result
+            for output in result:
+                loop.call_soon_threadsafe(children.add, output)
+            return children  # the generator ended: its END follows the children
+
+        try:
+            result = await loop.run_in_executor(self._pool, work)
+        except Exception as exc:
+            self._fail(path, exc, epoch)
+            return
+        if result is children:
+            children.__exit__(None, None, None)
+        elif inspect.isawaitable(result):
+            await self._await_result(path, result, epoch)
+        else:
+            self._emit(path, result, epoch)
 
     async def _run_async_gen(self, path: list, payload: Any, epoch: int) -> None:
         with _Children(self, path, epoch) as child:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import AsyncIterator, Iterator
 
 
@@ -62,3 +63,12 @@ def stamp(batch: dict) -> dict:
 
 def upper_text(batch: dict) -> str:
     return batch["text"].upper()
+
+
+def block_until(item: dict) -> str:
+    """A sync handler that blocks (as a retriever or a file read would) until the file
+    ``item["wait_for"]`` exists (bounded), then upper-cases ``item["text"]``."""
+    path, deadline = item.get("wait_for"), time.monotonic() + 60
+    while path and not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return item["text"].upper()

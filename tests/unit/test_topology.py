@@ -31,6 +31,7 @@ def test_a_chain_is_ordered_and_path_depths_follow_the_fan_outs():
     (chain(fn("a"), fn("b", input="zz")), ["stage 'b'", "field 'input'", "no stage named 'zz'"]),
     (chain(fn("a", replicas=0)), ["stage 'a'", "field 'replicas'", ">= 1"]),
     (chain(fn("a", replicas=True)), ["stage 'a'", "field 'replicas'", "must be int"]),
+    (chain(fn("a", threads=-1)), ["stage 'a'", "field 'threads'", "0 (on the event loop)"]),
     (chain(fn("a", "nope")), ["stage 'a'", "field 'handler'", "no attribute 'nope'"]),
     (chain({"name": "a", "kind": "function", "handler": "nomodule_xyz:f"}), ["field 'handler'", "cannot import"]),
     (chain({"name": "a", "kind": "teleport"}), ["stage 'a'", "field 'kind'", "known kinds"]),
