@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import heapq
 import itertools
 import logging
 import os
@@ -24,7 +25,7 @@ import msgpack
 import zmq
 
 from alto_bus.protocol import wire
-from alto_bus.net.sockets import make_socket
+from alto_bus.net.sockets import check_address, make_socket
 from alto_bus.net.waker import Waker
 
 log = logging.getLogger("alto.client")
@@ -32,6 +33,10 @@ log = logging.getLogger("alto.client")
 # Extra time the client waits beyond a request's deadline before it gives up on the
 # gateway itself (the gateway answers expired requests on its own).
 GRACE = 5.0
+# While requests are pending the client pings the gateway this often; a gateway that has
+# sent nothing for ``gateway_silence`` seconds is taken for gone and every pending
+# request fails at once, naming it (not each at its own deadline).
+PING_INTERVAL = 1.0
 
 
 class RequestError(RuntimeError):
@@ -85,13 +90,22 @@ class _Pending:
 
 
 class Client:
-    def __init__(self, gateway: str, *, timeout: float = 300.0, curve: Any = None) -> None:
+    def __init__(self, gateway: str, *, timeout: float = 300.0, curve: Any = None,
+                 gateway_silence: float = 5.0) -> None:
         """``timeout``: default deadline of each request, in seconds (enforced by the gateway).
 
         ``curve``: this client's keys when the gateway requires CURVE
         (``alto_bus.net.curve.client_curve("me.key_secret", "broker.key")``).
+
+        ``gateway_silence``: with requests pending, a gateway that sends nothing (not even
+        an answer to the client's pings) for this long is gone: they all fail then.
         """
+        check_address(gateway, "Client gateway")
         self.gateway = gateway
+        self.gateway_silence = gateway_silence
+        self._heard = time.monotonic()     # the last frame from the gateway (I/O thread)
+        self._broken: str | None = None    # why the I/O thread ended, if it did
+        self._deadlines: list[tuple[float, int]] = []  # (give up, cid): a heap
         self.curve = curve
         self.timeout = timeout
         self._ids = itertools.count(1)
@@ -123,6 +137,8 @@ class Client:
 
     def _submit(self, payload: Any, timeout: float | None, stream: Any,
                 fut: concurrent.futures.Future | None = None) -> concurrent.futures.Future:
+        if self._broken is not None:
+            raise RequestError("client", self._broken)
         if self._closed:
             raise RuntimeError("the client is closed")
         timeout = self.timeout if timeout is None else timeout
@@ -132,8 +148,12 @@ class Client:
         except (TypeError, ValueError, OverflowError) as exc:
             raise TypeError(f"payload cannot be sent (msgpack types only): {exc}") from None
         fut = fut or concurrent.futures.Future()
+        now = time.monotonic()
         with self._lock:
-            self._pending[cid] = _Pending(fut, stream, time.monotonic() + timeout + GRACE)
+            if not self._pending:
+                self._heard = now  # silence counts only while something is pending
+            self._pending[cid] = _Pending(fut, stream, now + timeout + GRACE)
+            heapq.heappush(self._deadlines, (now + timeout + GRACE, cid))
         self._outbox.put(msg)
         self._waker.wake()
         return fut
@@ -162,14 +182,26 @@ class Client:
         self._waker.wake()
         self._thread.join(5)
         self._waker.close()
-        with self._lock:
-            pending, self._pending = self._pending, {}
-        for p in pending.values():
-            self._finish(p, error=RequestError("client", "the client was closed before the result arrived"))
+        self._fail_all(RequestError("client", "the client was closed before the result arrived"))
 
     # -- the I/O thread ----------------------------------------------------------------
 
     def _io(self) -> None:
+        try:
+            self._run_io()
+        except BaseException as exc:  # never a silent death: every pending future learns why
+            self._broken = f"the client's I/O thread failed: {type(exc).__name__}: {exc}"
+            log.exception("client for %s: I/O thread failed", self.gateway)
+            self._fail_all(RequestError("client", self._broken))
+
+    def _fail_all(self, error: RequestError) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, {}
+            self._deadlines = []
+        for p in pending.values():
+            self._finish(p, error=error)
+
+    def _run_io(self) -> None:
         ctx = zmq.Context.instance()
         sock = make_socket(ctx, zmq.DEALER, connect=self.gateway, hwm=200_000,
                            curve=self.curve.to_broker("client") if self.curve else None,
@@ -178,8 +210,15 @@ class Client:
         poller.register(sock, zmq.POLLIN)
         poller.register(self._waker.fileno(), zmq.POLLIN)
         header = self._packer.pack(wire.VERSION)
+        ping = msgpack.packb([wire.PING], use_bin_type=True)
+        every = min(PING_INTERVAL, self.gateway_silence / 3)  # a few pings within the silence
+        next_ping = time.monotonic()
         try:
             while True:
+                now = time.monotonic()
+                if self._pending and now >= next_ping:
+                    self._outbox.put(ping)
+                    next_ping = now + every
                 parts = []
                 while len(parts) < 4096:
                     try:
@@ -191,10 +230,11 @@ class Client:
                     sock.send(frame)
                     if self._closed:
                         return
-                events = dict(poller.poll(1000))
+                events = dict(poller.poll(every * 1000))
                 if self._waker.fileno() in events:
                     self._waker.clear()
                 if sock in events:
+                    self._heard = time.monotonic()
                     self._receive(sock)
                 self._expire()
         finally:
@@ -218,6 +258,8 @@ class Client:
                     log.warning("dropped a malformed message from the gateway: %r (%s)", msg, exc)
 
     def _on_message(self, msg: list) -> None:
+        if msg[0] == wire.PONG:
+            return
         op, cid = msg[0], msg[1]
         if op == wire.PARTIAL:
             p = self._pending.get(cid)
@@ -244,9 +286,23 @@ class Client:
 
     def _expire(self) -> None:
         now = time.monotonic()
+        silent = now - self._heard
+        if self._pending and silent > self.gateway_silence:
+            log.error("client: the gateway at %s has sent nothing for %.1f s", self.gateway, silent)
+            self._fail_all(RequestError("gateway", f"the gateway at {self.gateway} has not answered for "
+                                                   f"{silent:.1f} s (gone, or not a gateway)"))
+            return
+        gone = []
         with self._lock:
-            late = [cid for cid, p in self._pending.items() if p.give_up <= now]
-            gone = [self._pending.pop(cid) for cid in late]
+            while self._deadlines and self._deadlines[0][0] <= now:
+                _, cid = heapq.heappop(self._deadlines)
+                p = self._pending.get(cid)
+                if p is not None and p.give_up <= now:
+                    gone.append(self._pending.pop(cid))
+            if len(self._deadlines) > 2 * len(self._pending) + 1024:
+                # Most entries belong to requests that ended: rebuild (amortised O(1)).
+                self._deadlines = [(p.give_up, cid) for cid, p in self._pending.items()]
+                heapq.heapify(self._deadlines)
         for p in gone:
             self._finish(p, error=RequestError("client", f"no answer from the gateway at {self.gateway}"))
 

@@ -23,7 +23,7 @@ from alto_bus.deploy.topology import BrokerConfig
 from alto_bus.net.curve import Curve
 from alto_bus.net.sockets import advertised, bound_address, make_socket
 from alto_bus.protocol import wire
-from alto_bus.protocol.messages import Cancel, Submit
+from alto_bus.protocol.messages import Cancel, Ping, Submit
 
 log = logging.getLogger("alto.broker")
 
@@ -67,6 +67,8 @@ class GatewaySockets:
                 self.submit(identity, msg, now, out)
             elif kind is Cancel:
                 self.book.cancel(identity, msg.cid, out)
+            elif kind is Ping:
+                out.append((identity, [wire.PONG]))
             else:
                 self.book.drop_client(identity)
         self.queue(out)

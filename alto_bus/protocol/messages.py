@@ -84,4 +84,8 @@ class Bye(msgspec.Struct, tag=2, **_STRUCT):
     pass
 
 
-ClientMessage = Union[Submit, Cancel, Bye]
+class Ping(msgspec.Struct, tag=3, **_STRUCT):
+    """Are you there? (answered with PONG [3]: a client's check for a silent gateway)."""
+
+
+ClientMessage = Union[Submit, Cancel, Bye, Ping]

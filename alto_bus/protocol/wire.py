@@ -24,9 +24,11 @@ Three planes, one encoding (msgpack arrays, never dicts on the hot path):
       client -> gateway   SUBMIT [0, cid, payload, stream, timeout]
                           CANCEL [1, cid]
                           BYE    [2]
+                          PING   [3]            (while requests are pending)
       gateway -> client   RESULT  [0, cid, value]
                           FAILED  [1, cid, stage, message]
                           PARTIAL [2, cid, relpath, seq, payload, final]
+                          PONG    [3]
 
 * Control plane (worker DEALER <-> broker ROUTER): ``[VERSION, op, body]`` with ``op``
   a short string and ``body`` a map; it carries a few messages a second, so it favours
@@ -47,7 +49,7 @@ import msgpack
 import msgspec
 
 from alto_bus.protocol.messages import (KIND_OF, Bye, Cancel, ClientMessage, Data, Drop, End,
-                                        Error, Message, Submit)
+                                        Error, Message, Ping, Submit)
 
 VERSION = 1
 # The target "stage" of frames to the gateway (stage names are [A-Za-z0-9_.-]+).
@@ -57,8 +59,8 @@ GATEWAY_STAGE = "@gateway"
 DATA, END, DROP, ERROR = 0, 1, 2, 3
 KIND_NAMES = {DATA: "DATA", END: "END", DROP: "DROP", ERROR: "ERROR"}
 # Client plane.
-SUBMIT, CANCEL, BYE = 0, 1, 2
-RESULT, FAILED, PARTIAL = 0, 1, 2
+SUBMIT, CANCEL, BYE, PING = 0, 1, 2, 3
+RESULT, FAILED, PARTIAL, PONG = 0, 1, 2, 3
 
 _packb = msgpack.Packer(use_bin_type=True, autoreset=True).pack
 _encode = msgspec.msgpack.Encoder().encode   # Structs, and lists/dicts of plain values
@@ -227,7 +229,7 @@ def decode_client_frame(buf: bytes) -> list:
     return obj[1:]
 
 
-def client_messages(buf: bytes, bad: Callable[[WireError], None]) -> Iterator[Submit | Cancel | Bye]:
+def client_messages(buf: bytes, bad: Callable[[WireError], None]) -> Iterator[Submit | Cancel | Bye | Ping]:
     """What a client sent the gateway, every field checked; what does not decode goes to
     ``bad`` (a bad frame as a whole, or each bad message alone)."""
     try:
@@ -270,8 +272,9 @@ def decode_control(buf: bytes) -> tuple[str, dict]:
 
 # Field names by kind, for errors: "SUBMIT message: field timeout: Expected `float` > 0.0".
 _FIELDS = {KIND_OF[t]: ("kind", *t.__struct_fields__) for t in (Data, End, Drop, Error)}
-CLIENT_NAMES = {SUBMIT: "SUBMIT", CANCEL: "CANCEL", BYE: "BYE"}
-_CLIENT_FIELDS = {k: ("op", *t.__struct_fields__) for k, t in ((SUBMIT, Submit), (CANCEL, Cancel), (BYE, Bye))}
+CLIENT_NAMES = {SUBMIT: "SUBMIT", CANCEL: "CANCEL", BYE: "BYE", PING: "PING"}
+_CLIENT_FIELDS = {k: ("op", *t.__struct_fields__)
+                  for k, t in ((SUBMIT, Submit), (CANCEL, Cancel), (BYE, Bye), (PING, Ping))}
 
 
 def _peek(raw: Any) -> Any:
