@@ -65,14 +65,15 @@ ENTRY_BACKLOG_FRAMES = 64
 
 
 class Broker:
-    def __init__(self, topology: Topology, *, ctx: zmq.Context | None = None) -> None:
+    def __init__(self, topology: Topology, *, ctx: zmq.Context | None = None, id_base: int = 0) -> None:
         self.topology = topology
         cfg = topology.broker
         self.cfg = cfg
         self.ctx = ctx or zmq.Context.instance()
         self.stage_names = [s.name for s in topology.stages]
         keyed = {s.name: float(s.fields.get("eps", 0.25)) for s in topology.stages if s.key_depth is not None}
-        self.members = Membership(self.stage_names, cfg.heartbeat_interval, cfg.heartbeat_liveness, keyed)
+        self.members = Membership(self.stage_names, cfg.heartbeat_interval, cfg.heartbeat_liveness, keyed,
+                                  id_base=id_base)
         self.gateway = Gateway(cfg.request_timeout, cfg.max_inflight)
         self.pool_of = {s: p.name for p in topology.pools for s in p.stages}
         self.pools = make_pools(topology)
@@ -443,9 +444,10 @@ class Broker:
         self.gateway_io.close()
 
 
-def run_broker(topology: Topology, announce: Any = None) -> None:
-    """Run a broker until SIGTERM/SIGINT or a shutdown request; ``announce(addresses)`` once bound."""
-    broker = Broker(topology)
+def run_broker(topology: Topology, announce: Any = None, id_base: int = 0) -> None:
+    """Run a broker until SIGTERM/SIGINT or a shutdown request; ``announce(addresses)`` once bound.
+    ``id_base``: first epoch and instance id (a restarted broker starts above its predecessor's)."""
+    broker = Broker(topology, id_base=id_base)
 
     def stop(signum: int, frame: Any) -> None:
         broker.stopping = True

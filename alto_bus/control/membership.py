@@ -34,7 +34,9 @@ class Instance:
 
 class Membership:
     def __init__(self, stage_names: list[str], heartbeat_interval: float, liveness: int,
-                 keyed: dict[str, float] | None = None) -> None:
+                 keyed: dict[str, float] | None = None, id_base: int = 0) -> None:
+        """``id_base``: first epoch and instance id. A restarted broker starts above any its
+        predecessor used, so that no sender mistakes a new instance for an old (dead) one."""
         self.stage_names = stage_names
         self.keyed = keyed or {}   # keyed stage -> eps of its bounded-load key table
         self.dead_ids: list[int] = []  # instances that died, newest last (senders fail their keys)
@@ -42,8 +44,8 @@ class Membership:
         self.liveness = liveness
         self.instances: dict[int, Instance] = {}
         self.by_identity: dict[bytes, int] = {}
-        self.epoch = 0
-        self._next_iid = 1
+        self.epoch = id_base
+        self._next_iid = id_base + 1
         self.table: dict[str, Any] = self._make_table()
 
     # -- changes -----------------------------------------------------------------------

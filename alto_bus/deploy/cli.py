@@ -77,6 +77,15 @@ def cmd_broker(args: argparse.Namespace) -> int:
         from alto_bus.deploy.plan import bind_broker_on
 
         topo = bind_broker_on(topo, args.bind_host, args.port_base)
+    id_base = 0
+    if args.rebind:  # a restart: the same addresses, and epochs and ids above any the last run used
+        import dataclasses
+        import time
+
+        old = json.loads(args.rebind)
+        topo = dataclasses.replace(topo, broker=dataclasses.replace(
+            topo.broker, **{k: old[k] for k in ("control", "gateway", "results")}))
+        id_base = int(time.time() * 1000)
 
     def announce(addresses: dict[str, str]) -> None:
         if args.announce:
@@ -89,7 +98,7 @@ def cmd_broker(args: argparse.Namespace) -> int:
     from alto_bus.net.curve import KeyFileError
 
     try:
-        run_broker(topo, announce)
+        run_broker(topo, announce, id_base=id_base)
     except (KeyFileError, zmq.ZMQError) as exc:
         print(f"error: broker: {exc}", file=sys.stderr, flush=True)
         return 1
@@ -320,6 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bind-host", help="in a cluster: bind loopback addresses on this host address instead")
     p.add_argument("--port-base", type=int, help="with --bind-host: control, gateway, results on ports "
                                                  "BASE, BASE+1, BASE+2 where the file says 0")
+    p.add_argument("--rebind", help="a restart: bind the addresses a previous broker announced (its JSON line)")
     p.set_defaults(func=cmd_broker)
 
     p = sub.add_parser("worker", help="run one instance of a stage")

@@ -42,6 +42,7 @@ __all__ = ["Child", "LaunchError", "NodeError", "StatusProbe", "Supervisor", "cu
            "run_until_signal"]
 
 log = logging.getLogger("alto.node")
+BROKER_RESTARTS = 5  # a minute, at most
 
 
 @dataclass
@@ -73,6 +74,7 @@ class Supervisor:
     stop_grace: float | None = None      # per group (instances, broker); default 10 s here, 40 s on a node
     children: list[Child] = field(default_factory=list)
     addresses: dict[str, str] = field(default_factory=dict)
+    _restarts: list[float] = field(default_factory=list)   # when the broker was restarted
 
     @property
     def name(self) -> str:
@@ -122,18 +124,22 @@ class Supervisor:
             self._spawn(role, self._worker_args(placed), placed)
         self._await_ready(curve)
 
-    def _start_broker(self) -> None:
+    def _start_broker(self, rebind: dict[str, str] | None = None) -> None:
         assert self.plan is not None
         args = ["broker", self.topology_path, "--announce"]
         if not self.plan.local:
             args += ["--bind-host", self.plan.host.address]
         if self.port_base is not None:
             args += ["--port-base", str(self.port_base)]
+        if rebind is not None:
+            args += ["--rebind", json.dumps(rebind)]
         broker = self._spawn("broker", args, stdout=subprocess.PIPE)
         try:
-            self.addresses = _read_announcement(broker.proc, timeout=30, what="the broker")
+            self.addresses = {**self.addresses, **_read_announcement(broker.proc, timeout=30, what="the broker")}
         except NodeError as exc:
             raise NodeError(f"{self._who}{exc}") from None
+        if rebind is not None:
+            return
         self.broker = self.addresses["control"]
         if self.announce:
             self._print(json.dumps(self.addresses))
@@ -268,12 +274,30 @@ class Supervisor:
                     continue
                 child.done = True
                 self._print(f"{prefix}{child.role} (pid {child.proc.pid}) exited with code {code}")
+                if child.role == "broker" and self._may_restart_broker():
+                    # The same addresses: instances register again, clients reconnect; what
+                    # the broker held (requests in flight) is lost, and clients are told.
+                    try:
+                        self._start_broker(rebind=self.addresses)
+                    except NodeError as exc:
+                        self._print(f"{prefix}broker could not be restarted: {exc}")
+                        return 1
+                    self._print(f"{prefix}broker restarted (pid {self.children[-1].proc.pid}) on "
+                                f"{self.addresses['control']}")
+                    break  # the list of children changed
                 if child.role in ("broker", "http"):  # the service is down (or half down)
                     return 1
             workers = [c for c in self.children if c.placed is not None]
             if workers and all(c.done for c in workers) and not self.plan.runs_broker:
                 return 0 if all(c.proc.returncode == 0 for c in workers) else 1
         return 0
+
+    def _may_restart_broker(self) -> bool:
+        """At most ``BROKER_RESTARTS`` restarts a minute: a broker that dies at once every
+        time (a bad file, a port taken) ends the launch instead of looping."""
+        now = time.monotonic()
+        self._restarts = [t for t in self._restarts if now - t < 60] + [now]
+        return len(self._restarts) <= BROKER_RESTARTS
 
     def stop(self, grace: float | None = None) -> None:
         """Instances first (they drain and leave), then the broker; SIGKILL what outlives ``grace``."""

@@ -13,7 +13,7 @@ broker declared dead. For each item it answers one of:
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -155,11 +155,19 @@ class RouteTable:
         self.addresses = live
         self._sticky = {p: d for p, d in self._sticky.items() if d in live or d == GATEWAY}
 
-    def gone(self, dests: Iterable[int]) -> list[tuple[int, str]]:
-        """Of ``dests`` (instances this sender has links to), those no kept epoch routes to,
-        with why: "died" or "left the routing table"."""
-        return [(d, "died" if d in self.dead else "left the routing table")
-                for d in dests if d != GATEWAY and d not in self.addresses]
+    def gone(self, links: Mapping[int, str]) -> list[tuple[int, str]]:
+        """Of ``links`` (instance -> the address this sender's link to it dials), those no kept
+        epoch routes to, with why: "died", "left the routing table", or "moved" (the id now
+        names another address: a restarted broker numbers instances afresh)."""
+        out = []
+        for d, address in links.items():
+            if d == GATEWAY:
+                continue
+            if d not in self.addresses:
+                out.append((d, "died" if d in self.dead else "left the routing table"))
+            elif self.addresses[d] != address:
+                out.append((d, "moved"))
+        return out
 
     def address(self, dest: int) -> str:
         return self.results if dest == GATEWAY else self.addresses[dest]

@@ -294,7 +294,7 @@ class Worker:
             self.outboxes.flush_all()
 
     def _drop_gone(self) -> None:
-        for dest, why in self.routes.gone(self.outboxes):
+        for dest, why in self.routes.gone({d: o.address for d, o in self.outboxes.outs.items()}):
             self._drop_outbox(dest, why)
 
     def _cancel(self, rids: list[int]) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from alto_bus import Client
+from alto_bus.deploy.status_probe import StatusProbe
 from tests.support import alive, wait_exit, write_topology
 
 H = "tests.integration.handlers"
@@ -41,9 +42,9 @@ class Launched:
         self.lines: list[str] = []
         self._buf = b""
 
-    def read_until(self, word: str, timeout: float = 60.0) -> None:
+    def read_until(self, word: str, timeout: float = 60.0, prefix: bool = False) -> None:
         deadline = time.monotonic() + timeout
-        while not self.lines or self.lines[-1] != word:
+        while not self.lines or not (self.lines[-1].startswith(word) if prefix else self.lines[-1] == word):
             left = deadline - time.monotonic()
             if b"\n" not in self._buf:
                 ready, _, _ = select.select([self.proc.stdout], [], [], max(0.0, left))
@@ -91,6 +92,29 @@ def test_a_signal_stops_every_process(launched, sig):
     assert launched.proc.wait(30) == 0
     assert all(wait_exit(pid, 15) for pid in kids)
     assert not any(alive(pid) for pid in kids)
+
+
+def test_a_dead_broker_is_restarted_on_its_addresses_and_the_instances_serve_on(launched):
+    launched.read_until("ready")
+    gateway, control = launched.lines[0].split()[1], launched.lines[1].split()[1]
+    with StatusProbe(control) as probe:
+        st = probe.query(timeout=10)
+    workers = {i["pid"] for s in st["stages"].values() for i in s["instances"]}
+    (broker,) = set(children_of(launched.proc.pid)) - workers
+    os.kill(broker, signal.SIGKILL)
+    launched.read_until("broker restarted", prefix=True)
+    assert control in launched.lines[-1]
+    # The same instances register again with the new broker (no process was restarted).
+    deadline, seen = time.monotonic() + 30, set()
+    with StatusProbe(control) as probe:
+        while time.monotonic() < deadline and seen != workers:
+            st = probe.query(timeout=2) or {"stages": {}}
+            seen = {i["pid"] for s in st["stages"].values() for i in s["instances"]}
+    assert seen == workers, (seen, workers)
+    assert broker not in children_of(launched.proc.pid) and len(children_of(launched.proc.pid)) == 5
+    with Client(gateway) as client:   # the same gateway address serves new requests
+        assert [client.submit(f"a{i} b{i}").result(timeout=30) for i in range(20)] == [
+            [f"A{i}", f"B{i}"] for i in range(20)]
 
 
 def test_killing_the_launcher_leaves_no_orphan(launched):

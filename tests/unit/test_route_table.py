@@ -66,7 +66,10 @@ def test_a_forgotten_epoch_fails_and_a_future_one_parks():
     assert isinstance(gone, Fail) and gone.path == [7] and "epoch 1" in gone.reason
     assert routes.route(data([7, 0], 5), [7, 0]) is PARK  # its table is on its way
     left = "left the routing table"
-    assert routes.gone([1, 2, 3, GATEWAY]) == [(1, left), (2, left)]
+    links = {i: f"tcp://h:{i}" for i in (1, 2, 3)}
+    assert routes.gone({**links, GATEWAY: "tcp://gw:1"}) == [(1, left), (2, left)]
+    # A restarted broker numbers instances afresh: an id that names another address moved.
+    assert routes.gone({3: "tcp://elsewhere:3"}) == [(3, "moved")]
 
 
 def test_the_newest_epoch_is_never_forgotten():
@@ -98,7 +101,7 @@ def test_a_dead_owner_fails_the_request_naming_the_instance():
     routes.apply(table(2, [x for x in (1, 2) if x != owner], dead=(owner,)))
     failed = routes.route(data([4, 0, 3], 1), [4, 0, 3])
     assert isinstance(failed, Fail) and failed.path == [4] and f"instance {owner}" in failed.reason
-    assert routes.gone([owner]) == [(owner, "died")]
+    assert routes.gone({owner: f"tcp://h:{owner}"}) == [(owner, "died")]
 
 
 def test_a_dead_peer_is_never_chosen_for_a_stateless_item():
