@@ -289,7 +289,7 @@ class Broker:
         }
 
     def _membership_changed(self) -> None:
-        table = dict(self.members.table)
+        table = self.members.published(self.gateway.oldest_epoch(self.members.epoch))
         table["results"] = self.addresses["results"]
         for inst in self.members.instances.values():
             self._send_control(inst.identity, "table", table)

@@ -46,6 +46,7 @@ class Membership:
         self.by_identity: dict[bytes, int] = {}
         self.epoch = id_base
         self._next_iid = id_base + 1
+        self._keyed_history: dict[int, dict[str, Any]] = {}  # epoch -> keys and keyed instances
         self.table: dict[str, Any] = self._make_table()
 
     # -- changes -----------------------------------------------------------------------
@@ -110,6 +111,19 @@ class Membership:
     def _new_epoch(self) -> None:
         self.epoch += 1
         self.table = self._make_table()
+        if self.keyed:  # what a keyed hop of this epoch needs, for as long as it is in flight
+            self._keyed_history[self.epoch] = {
+                "epoch": self.epoch, "keys": self.table["keys"],
+                "stages": {s: self.table["stages"].get(s, []) for s in self.keyed}}
+
+    def published(self, oldest: int) -> dict[str, Any]:
+        """The table to publish: this epoch's, with the key tables (and keyed instances) of
+        every older epoch a request in flight still uses (``oldest``), so that an instance
+        that joins later can route those requests' keyed items too."""
+        for e in [e for e in self._keyed_history if e < oldest and e != self.epoch]:
+            del self._keyed_history[e]
+        older = [t for e, t in sorted(self._keyed_history.items()) if e != self.epoch]
+        return {**self.table, "older": older} if older else dict(self.table)
 
     def _make_table(self) -> dict[str, Any]:
         stages: dict[str, list[list]] = {name: [] for name in self.stage_names}

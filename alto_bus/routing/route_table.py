@@ -78,6 +78,7 @@ class RouteTable:
         self.table: dict[str, Any] = {"epoch": 0, "stages": {}}  # the newest table
         self.tables: dict[int, dict[str, Any]] = {}   # epoch -> table, epochs still in flight
         self.keys: dict[int, KeyTable] = {}           # epoch -> key table of the next stage
+        self._forgotten_before = 0                    # epochs below this were dropped: never re-learnt
         self.addresses: dict[int, str] = {}           # live next-stage instances of kept epochs
         self.dead: set[int] = set()
         self.next_ids: list[int] = []                 # next-stage instances of the newest epoch
@@ -123,6 +124,12 @@ class RouteTable:
         keys = table.get("keys", {}).get(nxt) if nxt else None
         if keys is not None:
             self.keys[epoch] = KeyTable.from_dict(keys)
+        # Older epochs still in flight (an instance that joined late never saw their tables).
+        for old in table.get("older", ()) if nxt else ():
+            e = int(old["epoch"])
+            if e not in self.tables and e >= self._forgotten_before and nxt in old.get("keys", {}):
+                self.tables[e] = old
+                self.keys[e] = KeyTable.from_dict(old["keys"][nxt])
         self._refresh_addresses()
 
     def apply_loads(self, body: dict[str, Any]) -> None:
@@ -136,6 +143,7 @@ class RouteTable:
                              body.get("member_loads", {}).get(name))
 
     def forget_epochs_before(self, oldest: int) -> None:
+        self._forgotten_before = max(self._forgotten_before, oldest)
         current = self.epoch
         stale = [e for e in self.tables if e < oldest and e != current]
         if stale:

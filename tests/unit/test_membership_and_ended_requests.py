@@ -3,7 +3,10 @@ what they sent (both pure: no sockets)."""
 
 from __future__ import annotations
 
+import random
+
 from alto_bus.protocol import wire
+from alto_bus.routing.route_table import RouteTable
 from alto_bus.control.request_book import Gateway
 from alto_bus.control.membership import Membership
 
@@ -34,3 +37,26 @@ def test_every_way_a_request_ends_is_recorded_once():
     g.drop_client(b"d")
     assert sorted(g.ended) == sorted([done, failed, expired, gone])
     assert running in g.requests and running not in g.ended
+
+
+def test_key_tables_of_every_epoch_in_flight_are_published_and_a_late_sender_uses_them():
+    # A new instance upstream of a keyed stage, joining at epoch e+2, still routes the
+    # keyed items of requests admitted at epoch e to their owner of epoch e.
+    m = Membership(["up", "agg"], heartbeat_interval=0.1, liveness=3, keyed={"agg": 0.25})
+    m.add("up", b"u1", "tcp://u:1", 1, "h", now=0.0)
+    a1 = m.add("agg", b"a1", "tcp://a:1", 2, "h", now=0.0)
+    a2 = m.add("agg", b"a2", "tcp://a:2", 3, "h", now=0.0)
+    old_epoch = m.epoch
+    old = RouteTable("up", "agg", 2, rng=random.Random(0))
+    old.apply(m.published(oldest=old_epoch))
+    m.add("agg", b"a3", "tcp://a:3", 4, "h", now=0.0)       # the key table changes
+    m.add("up", b"u2", "tcp://u:2", 5, "h", now=0.0)        # the late sender's epoch
+    late = RouteTable("up", "agg", 2, rng=random.Random(0))
+    late.apply(m.published(oldest=old_epoch))              # requests of old_epoch are in flight
+    for rid in range(50):
+        path = [rid, 0]
+        msg = wire.data(path, 0, "x", True, old_epoch)
+        assert late.route(msg, path) == old.route(msg, path) in (a1.iid, a2.iid)
+    # Once no request of those epochs is in flight, their tables are no longer published.
+    assert [t["epoch"] for t in m.published(oldest=m.epoch - 1)["older"]] == [m.epoch - 1]
+    assert "older" not in m.published(oldest=m.epoch)
