@@ -380,6 +380,8 @@ class Broker:
         departure = Departure(inst.stage, inst.pid, inst.host, inst.identity, why)
         failures = self.ledger.departed(inst.iid, departure, time.monotonic(), inst.held, recent, older)
         self._fail(failures, "failed %d request(s) held by instance %d")
+        if inst.pool in self.pools and not any(i.member == inst.member for i in self.members.instances.values()):
+            self.pools[inst.pool].forget(inst.member)  # the member is gone: so are its figures
 
     def _broadcast_cancels(self) -> None:
         body = {"rids": self.gateway.cancelled}

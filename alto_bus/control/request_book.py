@@ -86,7 +86,10 @@ class Gateway:
         """Forget a request that could not be sent to the pipeline after all."""
         req = self.requests.pop(rid, None)
         if req is not None:
-            self.by_client.get(req.client, {}).pop(req.cid, None)
+            cids = self.by_client.get(req.client, {})
+            cids.pop(req.cid, None)
+            if not cids:
+                self.by_client.pop(req.client, None)
             self.stats.admitted -= 1
             self.stats.rejected += 1
 
@@ -150,6 +153,8 @@ class Gateway:
         cids = self.by_client.get(req.client)
         if cids is not None:
             cids.pop(req.cid, None)
+            if not cids:  # a client with nothing in flight costs nothing
+                del self.by_client[req.client]
 
     # -- failures from outside the data plane ------------------------------------------
 

@@ -112,7 +112,7 @@ class RouteTable:
         self.table = table
         self.tables[epoch] = table
         self.results = table.get("results", self.results)
-        self.dead.update(int(i) for i in table.get("dead", ()))
+        self.dead = {int(i) for i in table.get("dead", ())}  # the broker's recent deaths: bounded
         nxt = self.next
         stages = table["stages"]
         # A dead instance is never a destination, even if a table still lists it.
@@ -141,6 +141,13 @@ class RouteTable:
             name = self.pool_name
             self.pool.update(body.get("placements", {}).get(name),
                              body.get("member_loads", {}).get(name))
+
+    def forget_requests(self, ended: Iterable[int]) -> None:
+        """Requests that ended (a stream cut short by an error or a cancel never sends its
+        last chunk): their streamed items' instances are forgotten."""
+        gone = set(ended)
+        if gone and self._sticky:
+            self._sticky = {p: d for p, d in self._sticky.items() if p[0] not in gone}
 
     def forget_epochs_before(self, oldest: int) -> None:
         self._forgotten_before = max(self._forgotten_before, oldest)

@@ -245,6 +245,7 @@ class Worker:
             self._apply_table(body)
         elif op == "loads":
             self.outboxes.rotate(body.get("ended", []))  # a heartbeat interval: a new generation
+            self.routes.forget_requests(body.get("ended", []))
             self._oldest_epoch = int(body.get("oldest", 0))
             self.routes.apply_loads(body)
             self._drop_gone()
@@ -368,8 +369,7 @@ class Worker:
         dest = routes.route(msg, path, stream)
         if dest is PARK:
             self._parked.append((msg, path))
-            kd = routes.key_depth  # a keyed item waits for its epoch's table: bounded
-            if kd is not None and len(path) >= kd and len(self._parked) > PARKED_MEMORY:
+            if len(self._parked) > PARKED_MEMORY:  # waiting for a table, or a stage with no instance
                 self._fail_parked()
         elif isinstance(dest, Fail):
             self.error(dest.path, dest.reason, dest.epoch)
@@ -379,7 +379,8 @@ class Worker:
     def _fail_parked(self) -> None:
         parked, self._parked = self._parked, []
         for rid in {p[0] for _, p in parked}:
-            self.error([rid], f"stage {self.config.next!r} has no routing table for this request", 0)
+            self.error([rid], f"stage {self.config.next!r} has no instance or no routing table for this "
+                              f"request ({PARKED_MEMORY} items waiting)", 0)
 
     def _send(self, out: Outbox, msg: Message, stage: str) -> None:
         if out.add(msg, stage) >= self.config.batch_bytes:

@@ -25,7 +25,7 @@ def test_leaves_in_any_order_give_the_list_ordered_by_path():
     assert out == []
     out = feed(g, [wire.end([rid], 3, 0)])
     assert out == [(b"c", [wire.RESULT, 1, ["a", "b0"]])]
-    assert not g.requests and not g.by_client[b"c"]
+    assert not g.requests and b"c" not in g.by_client  # nothing kept for an idle client
 
 
 def test_the_requests_own_item_is_a_single_value_and_chunks_are_joined():

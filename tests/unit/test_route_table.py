@@ -146,3 +146,13 @@ def test_choose_instance_follows_the_pool_when_it_names_a_candidate():
     # a pool choice that is not a candidate (not writable, not in the table): power of two
     assert {choose_instance([1, 3], loads, rng, FixedPool(2)) for _ in range(50)} <= {1, 3}
     assert {choose_instance([1, 3], loads, rng, FixedPool(None)) for _ in range(50)} == {1, 3}
+
+
+def test_streams_cut_short_are_forgotten_with_their_requests():
+    routes = RouteTable("a", "b", rng=random.Random(1))
+    routes.apply(table(1, [1, 2]))
+    for rid in (5, 6):
+        routes.route(data([rid, 0], 1, seq=0, final=False), [rid, 0], stream=True)  # no last chunk
+    assert len(routes._sticky) == 2
+    routes.forget_requests([5])          # request 5 ended by an error: its stream never finishes
+    assert [key[0] for key in routes._sticky] == [6]
