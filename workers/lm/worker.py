@@ -62,9 +62,14 @@ class Template:
         return self.text.format_map({f: values[f] for f in self.fields})
 
 
-def make_engine(f: dict) -> Engine:
-    """The engine described by a stage's or a pool's fields."""
+def make_engine(f: dict, label: str | None = None) -> Engine:
+    """The engine described by a stage's or a pool's fields; ``label`` ("stage 'gen'")
+    starts the engine's error messages."""
     args = dict(f.get("engine_args") or {})
+    if f["engine"] == "openai":
+        from alto_workers.lm.openai_engine import make_openai_engine
+
+        return make_openai_engine(f, label or (f"pool {f['name']!r}" if f.get("name") else "engine 'openai'"))
     if f["engine"] == "sim":
         from alto_workers.lm.sim import SimEngine
 
@@ -228,7 +233,7 @@ def build_stage(config: StageConfig, engine: Engine | None = None) -> LMStage:
     f = config.fields
     params = SamplingParams(max_tokens=f["max_tokens"], temperature=f["temperature"],
                             stop=tuple(f.get("stop") or ()), ignore_eos=f["ignore_eos"], seed=f.get("seed"))
-    return LMStage(engine or make_engine(f), Template(_prompt_text(f)), params, emit=f["emit"],
+    return LMStage(engine or make_engine(f, f"stage {config.name!r}"), Template(_prompt_text(f)), params, emit=f["emit"],
                    stream=f["stream"], prompt_name=f.get("prompt_name") or config.name,
                    script_key=f.get("script_key"), output_field=f.get("output_field"),
                    max_prompt_chars=f.get("max_prompt_chars"), owns_engine=engine is None)
@@ -241,11 +246,21 @@ def fans_out(fields: dict) -> bool:
 def check_engine(fields: dict, label: str, error: Callable[[str], Exception]) -> None:
     """The engine fields of an LM stage or a pool."""
     if fields.get("engine") is None:
-        raise error(f"{label}: missing required field 'engine' ('sim' or 'vllm'), or 'pool'")
-    if fields["engine"] not in ("sim", "vllm"):
-        raise error(f"{label}: field 'engine' must be 'sim' or 'vllm', got {fields['engine']!r}")
-    if fields["engine"] == "vllm" and not fields.get("model"):
-        raise error(f"{label}: missing required field 'model' (engine 'vllm')")
+        raise error(f"{label}: missing required field 'engine' ('sim', 'vllm' or 'openai'), or 'pool'")
+    if fields["engine"] not in ("sim", "vllm", "openai"):
+        raise error(f"{label}: field 'engine' must be 'sim', 'vllm' or 'openai', got {fields['engine']!r}")
+    if fields["engine"] in ("vllm", "openai") and not fields.get("model"):
+        raise error(f"{label}: missing required field 'model' (engine {fields['engine']!r})")
+    if fields["engine"] == "openai":
+        from alto_workers.lm.openai_engine import check_openai_fields
+
+        check_openai_fields(fields, label, error)
+    else:
+        for name in ("base_url", "api_key_env"):
+            if fields.get(name) is not None:
+                raise error(f"{label}: field {name!r} is for engine 'openai' only")
+        if fields.get("chat"):
+            raise error(f"{label}: field 'chat' is for engine 'openai' only")
     if fields["engine"] == "sim":
         from alto_workers.lm.sim_model import SimParams
 
@@ -284,9 +299,12 @@ def check(fields: dict, label: str, error: Callable[[str], Exception]) -> None:
 
 FIELDS = {
     "pool": ((str,), None),           # a [[pool]] of LM instances shared with other prompts
-    "engine": ((str,), None),         # "sim" or "vllm" (without a pool)
+    "engine": ((str,), None),         # "sim", "vllm" or "openai" (without a pool)
     "model": ((str,), None),
-    "engine_args": ((dict,), None),   # vllm: engine arguments; sim: SimParams overrides
+    "engine_args": ((dict,), None),   # vllm: engine arguments; sim: SimParams overrides; openai: client options
+    "base_url": ((str,), None),       # openai: the server's API root, e.g. "http://127.0.0.1:8000/v1"
+    "api_key_env": ((str,), None),    # openai: the environment variable holding the API key
+    "chat": ((bool,), False),         # openai: /chat/completions (one user message) instead of /completions
     "prompt": ((str,), None),         # a template with {named} fields from the input item
     "prompt_from": ((str,), None),    # or "module:ATTR" holding the template
     "prompt_name": ((str,), None),    # default: the stage name
