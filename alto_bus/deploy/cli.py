@@ -109,11 +109,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from alto_bus.runtime.worker import Worker, WorkerError
 
     _logging()
-    try:
-        curve = _curve(args)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    curve = _curve(args)
     if args.pool:
         from alto_bus.runtime.pool_member import PoolMember
 
@@ -144,11 +140,7 @@ def cmd_http(args: argparse.Namespace) -> int:
     from alto_bus.service.http_server import serve
 
     _logging()
-    try:
-        curve = _curve(args)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    curve = _curve(args)
     return serve(args.gateway, args.control, args.listen, timeout=args.timeout, curve=curve,
                  announce=args.announce)
 
@@ -179,11 +171,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         from alto_bus.service import http_cli
 
         return http_cli.submit(args.http, payload, stream=args.stream, timeout=args.timeout, compact=args.compact)
-    try:
-        curve = _curve(args)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    curve = _curve(args)
     with Client(args.gateway, timeout=args.timeout, curve=curve) as client:
         try:
             if args.stream:
@@ -213,11 +201,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         if status is None:
             return 1
     else:
-        try:
-            curve = _curve(args)
-        except ValueError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
+        curve = _curve(args)
         with StatusProbe(args.broker, curve=curve) as probe:
             status = probe.query(timeout=args.timeout)
         if status is None:
@@ -269,14 +253,19 @@ def _format_status(status: dict[str, Any]) -> str:
 
 
 def _curve(args: argparse.Namespace) -> Any:
-    """CURVE keys from --key/--broker-key (both or neither); ValueError names a bad file."""
+    """CURVE keys from --key/--broker-key (both or neither); a bad pair or file ends the
+    command with exit code 2 and a line naming it."""
     if args.key is None and args.broker_key is None:
         return None
-    if args.key is None or args.broker_key is None:
-        raise ValueError("give both --key (this process's key pair) and --broker-key (the broker's public key)")
-    from alto_bus.net.curve import client_curve
+    try:
+        if args.key is None or args.broker_key is None:
+            raise ValueError("give both --key (this process's key pair) and --broker-key (the broker's public key)")
+        from alto_bus.net.curve import client_curve
 
-    return client_curve(args.key, args.broker_key)
+        return client_curve(args.key, args.broker_key)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def _key_options(p: argparse.ArgumentParser) -> None:
