@@ -109,17 +109,21 @@ def test_placement_follows_a_shift_of_demand():
             def small(p: dict) -> bool:
                 return placed(p, "b") == 1 or (placed(p, "b") == 2 and "b" in p["held"])
 
-            def settled(p: dict) -> bool:
-                ones[0] = ones[0] + 1 if small(p) and p["demand_tokens_per_s"].get("b", 0) > 0 else 0
+            def share_of_b(p: dict) -> float:
+                demand = p["demand_tokens_per_s"]
+                return demand.get("b", 0) / (sum(demand.values()) or 1)
+
+            def settled(p: dict) -> bool:   # b's demand is low (its phase-1 share) and so is its count
+                ones[0] = ones[0] + 1 if small(p) and 0 < share_of_b(p) < 0.4 else 0
                 return ones[0] >= 2
 
             p1 = wait_for(sup, "b did not settle on one instance (or two, held with a reason)", settled, 30)
-            share1 = p1["demand_tokens_per_s"]["b"] / sum(p1["demand_tokens_per_s"].values())
+            share1 = share_of_b(p1)
             load.phase = 2
             # Phase 2: six long answers of b per request; its placement grows with its demand.
             p2 = wait_for(sup, "b's placement did not grow to 3 or more instances",
                           lambda p: placed(p, "b") >= 3, 25)
-            share2 = p2["demand_tokens_per_s"]["b"] / sum(p2["demand_tokens_per_s"].values())
+            share2 = share_of_b(p2)
         results = load.finish()
         st = status(sup)
     assert share1 < 0.4 < 0.6 < share2, (share1, share2)
