@@ -15,13 +15,18 @@ from alto_bus.deploy.topology import StageConfig, TopologyError
 from alto_bus.runtime.kinds import REQUIRED, StageKind
 from alto_workers.aggregate import DROPPED, Aggregator, make_operator
 from alto_workers.barrier import BarrierStage
+from alto_workers.join import ByInput
 
 
 class AggregateStage(KeyedStage):
     """Feeds the aggregator whole items and markers; emits one item per completed group."""
 
-    def __init__(self, key_depth: int, op: str, options: dict | None = None) -> None:
-        self.agg = Aggregator(key_depth, make_operator(op, options or {}))
+    def __init__(self, key_depth: int, op: str, options: dict | None = None,
+                 join: tuple[int, tuple[str, ...]] | None = None) -> None:
+        operator = make_operator(op, options or {})
+        if join is not None:  # several inputs: (fork depth, input names)
+            operator = ByInput(operator, *join)
+        self.agg = Aggregator(key_depth, operator)
         super().__init__(self.agg)
 
     def on_item(self, path: list, payload: Any, epoch: int) -> None:
@@ -46,7 +51,9 @@ def build_stage(config: StageConfig) -> StageLogic:
     if fields["op"] == "barrier":
         return BarrierStage(config.key_depth or 1)
     # A per-item operator (filter) has no key depth: it keeps paths as they are.
-    return AggregateStage(config.key_depth or 1, fields["op"], fields.get("options"))
+    outside = tuple(i for i in config.inputs if i not in config.loop_inputs)
+    join = (config.merge_depth, outside) if config.merge_depth is not None else None
+    return AggregateStage(config.key_depth or 1, fields["op"], fields.get("options"), join)
 
 
 FIELDS = {

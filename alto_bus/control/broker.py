@@ -179,15 +179,14 @@ class Broker:
             self._send_control(identity, "reject", {"reason": reason})
             return
         cfg = self.topology.stage(stage)
-        nxt = self.topology.stage(cfg.next).to_dict() if cfg.next else None
-        next_pool = None
-        if cfg.next in self.pool_of:
-            pool = self.topology.pool(self.pool_of[cfg.next])
-            next_pool = {"name": pool.name, "policy": pool.policy, "policy_args": pool.policy_args or {}}
+        consumers = []
+        for name in cfg.consumers:
+            pool = self.topology.pool(self.pool_of[name]) if name in self.pool_of else None
+            consumers.append({"config": self.topology.stage(name).to_dict(), "pool": pool and {
+                "name": pool.name, "policy": pool.policy, "policy_args": pool.policy_args or {}}})
         self._send_control(identity, "welcome", {
             "config": cfg.to_dict(),
-            "next": nxt,
-            "next_pool": next_pool,
+            "consumers": consumers,
             "heartbeat_interval": self.cfg.heartbeat_interval,
             "liveness": self.cfg.heartbeat_liveness,
             "results": self.addresses["results"],

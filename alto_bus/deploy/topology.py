@@ -1,8 +1,9 @@
 """The topology file: TOML schema and validation, before anything starts.
 
-A topology is a chain of stages. The entry stage (no ``input``) takes client requests;
-each other stage takes the items of the stage named by its ``input``; the last stage's
-items are the request's result. Every error names the file, the table and the field.
+A topology is a graph of stages (DESIGN.md, "Graphs"; alto_bus/deploy/graph.py). The
+entry stage (no ``input``) takes client requests; each other stage takes the items of the
+stage or stages named by its ``input``; the one stage that feeds no other (the sink) gives
+the request's result. Every error names the file, the table and the field.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from alto_bus.deploy import graph
 from alto_bus.net.sockets import check_address
 from alto_bus.runtime.kinds import REQUIRED, UnknownKind, known_kinds, stage_kind
 
@@ -43,7 +45,9 @@ BROKER_FIELDS: dict[str, tuple[tuple[type, ...], Any]] = {
 COMMON_STAGE_FIELDS: dict[str, tuple[tuple[type, ...], Any]] = {
     "name": ((str,), _MISSING),
     "kind": ((str,), _MISSING),
-    "input": ((str,), None),
+    "input": ((str, list), None),       # a stage name, or several: a merge (or, on an aggregate, a join)
+    "route": ((str,), None),            # "module:f": f(item[, path]) names the consumers that get the item
+    "max_turns": ((int,), None),        # in a loop: how many times an item may go round
     "replicas": ((int,), 1),
     "inbox": ((str,), "tcp://127.0.0.1:0"),
     "advertise": ((str,), None),
@@ -99,7 +103,7 @@ class BrokerConfig:
 class StageConfig:
     name: str
     kind: str
-    input: str | None
+    input: str | list[str] | None
     replicas: int
     inbox: str
     advertise: str | None
@@ -108,8 +112,17 @@ class StageConfig:
     flush_ms: float
     batch_bytes: int
     fields: dict[str, Any] = field(default_factory=dict)  # kind-specific
-    # Derived by validation:
-    next: str | None = None        # the stage that takes this one's items (None: the gateway)
+    route: str | None = None       # "module:f": which consumers get each item
+    max_turns: int | None = None   # in a loop: an item going round more often fails its request
+    # Derived by validation (alto_bus/deploy/graph.py):
+    inputs: tuple[str, ...] = ()   # the stages it takes items from
+    consumers: tuple[str, ...] = ()  # the stages that take its items (none: the sink, to the gateway)
+    next: str | None = None        # its consumer when it has exactly one
+    loop_consumer: str | None = None  # a loop's route stage: the consumer inside the loop
+    loop_inputs: tuple[str, ...] = ()  # inputs from inside its loop (items coming round)
+    in_loop: bool = False          # the stage is part of a loop
+    merge_depth: int | None = None  # several inputs: the fork depth at which their trees join
+    depth_varies: bool = False     # its paths have no fixed length (after a fanning-out loop)
     fans_out: bool = False         # each input item becomes children path + [i]
     out_depth: int = 1             # length of the paths this stage emits
     key_depth: int | None = None   # keyed routing of this stage's input on path[:key_depth]
@@ -122,7 +135,8 @@ class StageConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> StageConfig:
-        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+        tuples = ("inputs", "consumers", "loop_inputs")
+        return cls(**{k: (tuple(v) if k in tuples else v) for k, v in d.items() if k in cls.__dataclass_fields__})
 
 
 @dataclass(frozen=True)
@@ -224,7 +238,11 @@ def parse(raw: dict[str, Any], *, source: str = "<topology>", check_handlers: bo
     if len(pools) != len(pools_raw):
         raise TopologyError(f"{source}: two [[pool]] tables have the same name")
     stages = [_stage(s, i, source, check_handlers, pools) for i, s in enumerate(stages_raw)]
-    chain = tuple(_replace(s, base_dir=base_dir) for s in _chain(stages, source))
+    try:
+        ordered = graph.build(stages, source, _replace)
+    except graph.GraphError as exc:
+        raise TopologyError(str(exc)) from None
+    chain = tuple(_replace(s, base_dir=base_dir) for s in ordered)
     users = {name: tuple(s.name for s in chain if s.fields.get("pool") == name) for name in pools}
     for name, names in users.items():
         if not names:
@@ -331,74 +349,15 @@ def _stage(raw: Any, index: int, source: str, check_handlers: bool,
                       script_args=p.script_args)
         common["replicas"] = p.replicas
     fans_out = bool(kind.check(values, common["input"], label, check_handlers)) if kind.check else False
-    return StageConfig(**common, fields=values, fans_out=fans_out)
-
-
-def _chain(stages: list[StageConfig], source: str) -> list[StageConfig]:
-    by_name: dict[str, StageConfig] = {}
-    for s in stages:
-        if s.name in by_name:
-            raise TopologyError(f"{source}: stage {s.name!r}: field 'name': two stages are named {s.name!r}")
-        by_name[s.name] = s
-    consumer: dict[str, str] = {}
-    entries = []
-    for s in stages:
-        if s.input is None:
-            entries.append(s.name)
-            continue
-        if s.input not in by_name:
-            raise TopologyError(f"{source}: stage {s.name!r}: field 'input': no stage named {s.input!r}")
-        if s.input == s.name:
-            raise TopologyError(f"{source}: stage {s.name!r}: field 'input': a stage cannot take its own output (cycle)")
-        if s.input in consumer:
-            raise TopologyError(
-                f"{source}: stage {s.name!r}: field 'input': stage {s.input!r} already feeds "
-                f"{consumer[s.input]!r}; a pipeline is a chain (combine branches with an aggregate stage)"
-            )
-        consumer[s.input] = s.name
-    if not entries:
-        cycle = " -> ".join(s.name for s in stages)
-        raise TopologyError(f"{source}: every stage has an 'input', so the stages form a cycle ({cycle}); "
-                            "the entry stage has no 'input'")
-    if len(entries) > 1:
-        raise TopologyError(f"{source}: stages {entries} have no 'input'; exactly one stage takes client requests")
-    ordered: list[tuple[StageConfig, int, int | None]] = []
-    depth_of: dict[str, int] = {}
-    name: str | None = entries[0]
-    depth = 1
-    while name is not None:
-        s = by_name[name]
-        key_depth = None
-        if stage_kind(s.kind).keyed and not s.fields.get("per_item"):
-            key = s.fields["key"]
-            if key == "request":
-                key_depth = 1
-            elif key in depth_of:
-                key_depth = depth_of[key]
-            else:
-                upstream = ", ".join(["request", *depth_of]) or "request"
-                raise TopologyError(f"{source}: stage {s.name!r}: field 'key': {key!r} is not 'request' or a "
-                                    f"stage upstream of {s.name!r} (choose from: {upstream})")
-            if key_depth > depth:
-                raise TopologyError(f"{source}: stage {s.name!r}: field 'key': stage {key!r} emits paths of "
-                                    f"length {key_depth}, deeper than the {depth} of this stage's input; "
-                                    "a group must hold whole items")
-            if not s.fields.get("keeps_paths"):
-                depth = key_depth  # one item per group, with the group's path
-        elif s.fans_out:
-            depth += 1
-        depth_of[s.name] = depth
-        ordered.append((s, depth, key_depth))
-        name = consumer.get(name)
-    if len(ordered) != len(stages):
-        stray = sorted(set(by_name) - {s.name for s, _, _ in ordered})
-        raise TopologyError(f"{source}: stage {stray[0]!r}: field 'input': it is not reachable from the entry "
-                            f"stage {entries[0]!r} (the stages {stray} form a cycle)")
-    out = []
-    for i, (s, d, kd) in enumerate(ordered):
-        nxt = ordered[i + 1][0].name if i + 1 < len(ordered) else None
-        out.append(_replace(s, next=nxt, out_depth=d, key_depth=kd))
-    return out
+    route, max_turns = common.pop("route"), common.pop("max_turns")
+    if route is not None and check_handlers:
+        try:
+            import_object(route)
+        except ImportError as exc:
+            raise TopologyError(f"{label}: field 'route': {exc}") from None
+    if max_turns is not None and max_turns < 1:
+        raise TopologyError(f"{label}: field 'max_turns' must be >= 1, got {max_turns}")
+    return StageConfig(**common, fields=values, fans_out=fans_out, route=route, max_turns=max_turns)
 
 
 def _replace(s: StageConfig, **changes: Any) -> StageConfig:

@@ -24,6 +24,9 @@ Count = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
 Path = Annotated[list[Count], msgspec.Meta(min_length=1, max_length=256)]
 # Seconds; None takes the gateway's default.
 Timeout = Union[Annotated[float, msgspec.Meta(gt=0, le=10**9)], None]
+# A W3C traceparent ("00-<trace id>-<span id>-<flags>", 55 characters) or None: tracing is
+# off, or the message is not the first of its item (alto_bus/telemetry/carry.py).
+Trace = Union[Annotated[str, msgspec.Meta(max_length=128)], None]
 
 _STRUCT = {"array_like": True, "gc": False}
 
@@ -36,6 +39,8 @@ class Data(msgspec.Struct, tag=0, **_STRUCT):
     payload: Any
     final: bool
     epoch: Count
+    trace: Trace = None  # appended: the request span's context, on an item's first chunk
+    turns: Count = 0     # appended: times the item went round a loop (DESIGN.md, "Graphs")
 
 
 class End(msgspec.Struct, tag=1, **_STRUCT):
@@ -74,6 +79,7 @@ class Submit(msgspec.Struct, tag=0, **_STRUCT):
     payload: Any
     stream: bool        # send partials as they reach the end of the pipeline
     timeout: Timeout = None
+    traceparent: Trace = None  # appended: the caller's W3C trace context, if it has one
 
 
 class Cancel(msgspec.Struct, tag=1, **_STRUCT):

@@ -17,7 +17,9 @@ Three planes, one encoding (msgpack arrays, never dicts on the hot path):
   ``path`` is the item's ancestry (``[rid, i, j, ...]``), ``epoch`` the routing epoch
   the gateway stamped on the request. New fields are only ever appended. ``stage`` is
   always the stage the frame is for; frames to the gateway name ``GATEWAY_STAGE``, a
-  name no stage can take, and a receiver drops a frame that is not for it.
+  name no stage can take, and a receiver drops a frame that is not for it. A frame to a
+  stage with several inputs names ``[stage, input index]`` instead (the receiver merges
+  its inputs' trees by that index: DESIGN.md, "Graphs").
 
 * Client plane (client DEALER <-> gateway ROUTER): ``[VERSION, msg, msg, ...]``::
 
@@ -123,10 +125,11 @@ class FrameBuilder:
 
     __slots__ = ("stage", "_header", "_parts", "nbytes", "_packer")
 
-    def __init__(self, stage: str) -> None:
+    def __init__(self, stage: str | tuple[str, int]) -> None:
         self.stage = stage
         self._packer = msgpack.Packer(use_bin_type=True, autoreset=True)
-        self._header = self._packer.pack(VERSION) + self._packer.pack(stage)
+        target = list(stage) if type(stage) is tuple else stage
+        self._header = self._packer.pack(VERSION) + self._packer.pack(target)
         self._parts: list[bytes] = []
         self.nbytes = 0
 
@@ -150,13 +153,14 @@ class FrameBuilder:
         return frame
 
 
-def encode_frame(stage: str, msgs: list[Message]) -> bytes:
+def encode_frame(stage: str | tuple[str, int], msgs: list[Message]) -> bytes:
     """One data-plane frame (convenience for tests and the gateway's first hop)."""
-    return _encode([VERSION, stage, *msgs])
+    return _encode([VERSION, list(stage) if type(stage) is tuple else stage, *msgs])
 
 
-def split_frame(buf: bytes) -> tuple[str, list[msgspec.Raw]]:
+def split_frame(buf: bytes) -> tuple[str | tuple[str, int], list[msgspec.Raw]]:
     """``(stage, undecoded messages)`` of a data-plane frame; raises :class:`WireError`.
+    ``stage`` is ``(stage, input index)`` in a frame to a stage with several inputs.
 
     Only the envelope is decoded here; each message is decoded and checked by
     :func:`decode_message` where it is dispatched, so one bad message costs only itself.
@@ -173,7 +177,11 @@ def split_frame(buf: bytes) -> tuple[str, list[msgspec.Raw]]:
         raise WireError(f"data frame has protocol version {_clip(version)}, this build speaks {VERSION}",
                         "version")
     if type(stage) is not str:
-        raise WireError(f"data frame names stage {_clip(stage)}, not a string", "stage name")
+        if (type(stage) is list and len(stage) == 2 and type(stage[0]) is str and type(stage[1]) is int
+                and 0 <= stage[1] < 256):
+            return (stage[0], stage[1]), parts[2:]
+        raise WireError(f"data frame names stage {_clip(stage)}, not a string or [stage, input]",
+                        "stage name")
     return stage, parts[2:]
 
 
@@ -185,7 +193,7 @@ def decode_message(raw: msgspec.Raw | bytes) -> Message:
         raise _explain(raw, exc, KIND_NAMES, _FIELDS) from None
 
 
-def decode_frame(buf: bytes) -> tuple[str, list[Message]]:
+def decode_frame(buf: bytes) -> tuple[str | tuple[str, int], list[Message]]:
     """``(stage, messages)``: the whole frame, or :class:`WireError` at its first bad part."""
     stage, parts = split_frame(buf)
     return stage, [decode_message(p) for p in parts]

@@ -84,22 +84,6 @@ class RouteTable:
         self.next_ids: list[int] = []                 # next-stage instances of the newest epoch
         self._sticky: dict[tuple, int] = {}           # a streamed item's instance until its end
 
-    @classmethod
-    def from_welcome(cls, stage: str, welcome: dict[str, Any],
-                     rng: random.Random | None = None) -> RouteTable:
-        """The route table of an instance of ``stage``, from the broker's "welcome" (the
-        next stage's config, its pool's policy, the results address)."""
-        from alto_bus.scheduling import make_policy
-
-        nxt = welcome.get("next") or {}
-        np = welcome.get("next_pool")
-        pool = None
-        if np:
-            policy = make_policy(np["policy"], **(np.get("policy_args") or {}))
-            pool = PoolRoute(nxt["name"], policy, own=stage)
-        return cls(stage, nxt.get("name"), nxt.get("key_depth"), pool=pool,
-                   pool_name=np["name"] if np else None, rng=rng, results=welcome["results"])
-
     @property
     def epoch(self) -> int:
         return int(self.table["epoch"])

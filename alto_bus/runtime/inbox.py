@@ -87,17 +87,25 @@ class Inbox:
 
 
 def checked_messages(frame: bytes, stage: str, stats: collections.Counter,
-                     bad: Callable[[wire.WireError], None]) -> Iterator[Message]:
-    """The well-formed messages of ``frame``, every field checked. A frame that does not
-    decode or is for another stage, and a malformed message, go to ``bad`` (never raise)."""
+                     bad: Callable[[wire.WireError], None], inputs: int = 1) -> tuple[int, Iterator[Message]]:
+    """``(input index, the well-formed messages of frame)``, every field checked. A frame
+    that does not decode or is for another stage (or, for a stage with several inputs,
+    names none of them), and a malformed message, go to ``bad`` (never raise)."""
     stats["frames_in"] += 1
     try:
-        frame_stage, parts = wire.split_frame(frame)
+        target, parts = wire.split_frame(frame)
     except wire.WireError as exc:
         bad(exc)
-        return
-    if frame_stage != stage:
-        bad(wire.WireError(f"frame for stage {frame_stage!r:.40} reached an instance of {stage!r}", "misaddressed"))
-        return
+        return 0, iter(())
+    index = 0
+    if type(target) is tuple:
+        target, index = target
+        if inputs < 2 or index >= inputs:
+            target = f"{target}[{index}]"  # not an input this stage has
+    elif inputs > 1:
+        target = f"{target} (no input index)"
+    if target != stage:
+        bad(wire.WireError(f"frame for stage {target!r:.40} reached an instance of {stage!r}", "misaddressed"))
+        return 0, iter(())
     stats["messages_in"] += len(parts)
-    yield from wire.messages(parts, bad)
+    return index, wire.messages(parts, bad)

@@ -34,7 +34,9 @@ from alto_bus.protocol.bad_frames import BadFrames
 from alto_bus.protocol.messages import Data, Drop, End, Error, Message
 from alto_bus.runtime.control_link import ControlLink
 from alto_bus.runtime.heartbeat import HeartbeatBoard, snapshot
-from alto_bus.routing.route_table import GATEWAY, PARK, Fail, RouteTable
+from alto_bus.routing.consumer_routes import ConsumerRoutes
+from alto_bus.routing.route_table import GATEWAY, PARK, Fail
+from alto_bus.runtime.graph_io import GraphIO, needs_graph_io
 from alto_bus.runtime.inbox import Inbox, checked_messages
 from alto_bus.runtime.outbox import Outbox, Outboxes
 from alto_bus.net.sockets import advertised, bound_address, make_socket
@@ -98,7 +100,8 @@ class Worker:
         self.config: StageConfig | None = None
         self.logic: StageLogic | None = None
         self.stats = collections.Counter()
-        self.routes = RouteTable(stage, rng=self.rng)  # replaced when the broker names the next stage
+        self.routes = ConsumerRoutes.unbound(stage, self.rng)  # replaced when the broker names the consumers
+        self._io: GraphIO | None = None  # forks, routes, merges, loops (None: a link of a chain)
         self.outboxes = Outboxes(self._connect, self._resume, self.stats)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -116,7 +119,7 @@ class Worker:
         self._wakeup: asyncio.Event | None = None
         self._inbox = Inbox(self._on_frame, self._may_read, self.outboxes.flush_all)
         self._cancelled: dict[int, None] = {}
-        self._parked: list[tuple[list, list]] = []  # items waiting for a routing table
+        self._parked: list[tuple[int, Message, list]] = []  # (consumer, item) waiting for a routing table
         self._inflight: collections.Counter[int] = collections.Counter()
         self._inflight_total = 0
         self._flush_handle: asyncio.TimerHandle | None = None
@@ -172,7 +175,9 @@ class Worker:
             self._control.send("hello", {"stage": self.stage, "pid": os.getpid(), "host": self.host})
             welcome = await self._expect("welcome", f"the broker at {self.broker} did not answer")
             self.config = StageConfig.from_dict(welcome["config"])
-            self.routes = RouteTable.from_welcome(self.stage, welcome, self.rng)
+            self.routes = ConsumerRoutes.from_welcome(self.stage, welcome, self.rng)
+            if needs_graph_io(self.config):
+                self._io = GraphIO(self.config, self._route_to, self.error)
             self.outboxes.window = int(welcome.get("liveness", 4)) + 2
             self.logic = self._build_logic(self.config)
             self.logic.bind(self)
@@ -248,6 +253,8 @@ class Worker:
             self.routes.forget_requests(body.get("ended", []))
             self._oldest_epoch = int(body.get("oldest", 0))
             self.routes.apply_loads(body)
+            if self._io is not None:
+                self._io.forget(body.get("ended", []))
             self._drop_gone()
         elif op == "left":
             self._left_epoch = self.routes.epoch  # that table came just before "left"
@@ -290,8 +297,8 @@ class Worker:
         self._drop_gone()
         if self._parked and self.routes.ready:
             parked, self._parked = self._parked, []
-            for msg, path in parked:
-                self._route(msg, path)
+            for consumer, msg, path in parked:
+                self._route(msg, path, consumer=consumer)
             self.outboxes.flush_all()
 
     def _drop_gone(self) -> None:
@@ -326,20 +333,29 @@ class Worker:
                 self._control.send("lost", report)
         else:
             for rid in rids:  # their items are lost with the peer: say so, never hang
-                self.error([rid], f"instance {dest} of stage {self.config.next!r} {why} "
+                self.error([rid], f"instance {dest} of stage {self.routes.consumer_of(dest)!r} {why} "
                                   f"with {frames} unsent frame(s)", 0)
         self._resume()
 
     # -- Emitter: what stage logic calls -----------------------------------------------
 
-    def data(self, path: list, seq: int, payload: Any, final: bool, epoch: int) -> None:
-        self._route(Data(path, seq, payload, final, epoch), path, stream=not (final and seq == 0))
+    def data(self, path: list, seq: int, payload: Any, final: bool, epoch: int, trace: str | None = None) -> None:
+        if self._io is None:
+            self._route(Data(path, seq, payload, final, epoch, trace), path, stream=not (final and seq == 0))
+        else:
+            self._io.data(path, seq, payload, final, epoch, trace)
 
     def end(self, path: list, n: int, epoch: int) -> None:
-        self._route(End(path, n, epoch), path)
+        if self._io is None:
+            self._route(End(path, n, epoch), path)
+        else:
+            self._io.end(path, n, epoch)
 
     def drop(self, path: list, epoch: int) -> None:
-        self._route(Drop(path, epoch), path)
+        if self._io is None:
+            self._route(Drop(path, epoch), path)
+        else:
+            self._io.drop(path, epoch)
 
     def error(self, path: list, message: str, epoch: int) -> None:
         self.stats["errors"] += 1
@@ -364,25 +380,27 @@ class Worker:
         if self._draining:
             self._wakeup.set()
 
-    def _route(self, msg: Message, path: list, stream: bool = False) -> None:
-        routes = self.routes
-        dest = routes.route(msg, path, stream)
+    def _route_to(self, consumer: int, msg: Message, stream: bool) -> None:
+        self._route(msg, msg.path, stream, consumer)
+
+    def _route(self, msg: Message, path: list, stream: bool = False, consumer: int = 0) -> None:
+        dest = self.routes.tables[consumer].route(msg, path, stream)
         if dest is PARK:
-            self._parked.append((msg, path))
+            self._parked.append((consumer, msg, path))
             if len(self._parked) > PARKED_MEMORY:  # waiting for a table, or a stage with no instance
                 self._fail_parked()
         elif isinstance(dest, Fail):
             self.error(dest.path, dest.reason, dest.epoch)
         else:
-            self._send(self.outboxes.get(dest), msg, routes.next or wire.GATEWAY_STAGE)
+            self._send(self.outboxes.get(dest), msg, self.routes.targets[consumer])
 
     def _fail_parked(self) -> None:
         parked, self._parked = self._parked, []
-        for rid in {p[0] for _, p in parked}:
-            self.error([rid], f"stage {self.config.next!r} has no instance or no routing table for this "
+        for rid in {p[0] for _, _, p in parked}:
+            self.error([rid], f"stage {'/'.join(self.config.consumers)!r} has no instance or no routing table for this "
                               f"request ({PARKED_MEMORY} items waiting)", 0)
 
-    def _send(self, out: Outbox, msg: Message, stage: str) -> None:
+    def _send(self, out: Outbox, msg: Message, stage: str | tuple[str, int]) -> None:
         if out.add(msg, stage) >= self.config.batch_bytes:
             self.outboxes.flush(out)
         elif not self._inbox.in_burst and self._flush_handle is None:
@@ -438,7 +456,8 @@ class Worker:
     def _on_frame(self, frame: bytes) -> None:
         logic = self.logic
         cancelled = self._cancelled
-        for msg in checked_messages(frame, self.stage, self.stats, self._bad):
+        index, msgs = checked_messages(frame, self.stage, self.stats, self._bad, len(self.config.inputs))
+        for msg in (msgs if self._io is None else self._io.incoming(msgs, index)):
             if cancelled and msg.path[0] in cancelled:
                 continue
             kind = type(msg)

@@ -27,8 +27,11 @@ def test_every_kind_round_trips_in_one_frame():
 
 
 def test_typed_messages_are_the_documented_arrays_byte_for_byte():
-    # DATA [0, path, seq, payload, final, epoch] etc.: a peer that sends plain arrays is understood.
-    as_lists = [[wire.DATA, [7, 0], 0, {"text": "hi"}, True, 3], [wire.END, [7], 2, 3],
+    # DATA [0, path, seq, payload, final, epoch, trace, turns] etc.: a peer that sends plain
+    # arrays is understood (and one that stops at epoch: the appended fields take their defaults).
+    short = msgpack.packb([wire.VERSION, "split", [wire.DATA, [7, 0], 0, "x", True, 3]])
+    assert wire.decode_frame(short)[1] == [wire.data([7, 0], 0, "x", True, 3)]
+    as_lists = [[wire.DATA, [7, 0], 0, {"text": "hi"}, True, 3, None, 0], [wire.END, [7], 2, 3],
                 [wire.DROP, [7, 1], 3], [wire.ERROR, [7], "split", "ValueError: bad", 3]]
     typed = [wire.data([7, 0], 0, {"text": "hi"}, True, 3), wire.end([7], 2, 3), wire.drop([7, 1], 3),
              wire.error([7], "split", "ValueError: bad", 3)]
