@@ -49,8 +49,12 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     for s in topo.stages:
-        print(f"stage {s.name}: kind {s.kind}, {s.replicas} replica(s), input {s.input or '(clients)'}, "
-              f"next {s.next or '(gateway)'}, path depth {s.out_depth}")
+        extra = "".join([f", route {s.route}" if s.route else "", f", max_turns {s.max_turns}" if s.max_turns else "",
+                         f", merges at depth {s.merge_depth}" if s.merge_depth else "",
+                         ", in a loop" if s.in_loop else ""])
+        print(f"stage {s.name}: kind {s.kind}, {s.replicas} replica(s), "
+              f"input {', '.join(s.inputs) or '(clients)'}, next {', '.join(s.consumers) or '(gateway)'}, "
+              f"path depth {s.out_depth}{'+' if s.depth_varies else ''}{extra}")
     if topo.hosts:  # where each instance runs (the broker and gateway on the first host)
         from alto_bus.deploy.gpu_placement import describe
         from alto_bus.deploy.topology import place_instances

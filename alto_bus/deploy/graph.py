@@ -167,8 +167,12 @@ class _Graph:
         seen: set[str] = set()
 
         def ready(n: str) -> bool:
-            loop = self.loop_of.get(n, frozenset())
-            return all(i in seen or i in loop for i in self.inputs[n])
+            loop = self.loop_of.get(n)
+            if loop is None:
+                return all(i in seen for i in self.inputs[n])
+            # A loop is placed whole, from the stage it is entered at, once its input is.
+            outside = [i for i in self.inputs[n] if i not in loop]
+            return bool(outside) and all(i in seen for i in outside)
 
         pending = [s.name for s in self.by_name.values()]
         while pending:

@@ -176,10 +176,10 @@ class Worker:
             welcome = await self._expect("welcome", f"the broker at {self.broker} did not answer")
             self.config = StageConfig.from_dict(welcome["config"])
             self.routes = ConsumerRoutes.from_welcome(self.stage, welcome, self.rng)
-            if needs_graph_io(self.config):
-                self._io = GraphIO(self.config, self._route_to, self.error)
             self.outboxes.window = int(welcome.get("liveness", 4)) + 2
             self.logic = self._build_logic(self.config)
+            if needs_graph_io(self.config):  # after the logic: its handler directory is known
+                self._io = GraphIO(self.config, self._route_to, self.error)
             self.logic.bind(self)
             await self.logic.start()
             # "{instance}" in an ipc inbox keeps the paths of replicas apart.

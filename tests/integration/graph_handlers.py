@@ -55,3 +55,13 @@ def answer(state: dict) -> str:
 
 def bad_route(word: str) -> str:
     return "nowhere"
+
+
+def fan(request: dict) -> Iterator[dict]:
+    """{"sleep": s, "n": k} -> k items {"sleep": s, "i": j}."""
+    for j in range(request["n"]):
+        yield {"sleep": request["sleep"], "i": j}
+
+
+def index(item: dict) -> int:
+    return item["i"]

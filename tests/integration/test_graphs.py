@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import time
+from pathlib import Path
+
 import pytest
 
 from alto_bus import Client, RequestError
-from tests.support import running
+from tests.support import running, status, wait_for
 
 G = "tests.integration.graph_handlers"
 
@@ -84,3 +89,53 @@ def test_a_route_that_names_a_stage_it_does_not_feed_fails_the_request_naming_bo
             client.submit("a b").result(timeout=30)
         assert client.submit("").result(timeout=30) == []  # no item: nothing to route
     assert err.value.stage == "words" and "'nowhere'" in str(err.value) and "upper" in str(err.value)
+
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "topology" / "examples"
+
+
+def test_the_readme_graph_examples_give_what_the_readme_says():
+    with running(EXAMPLES / "join.toml") as sup, Client(sup.addresses["gateway"]) as client:
+        assert client.submit("to be or").result(timeout=30) == {"upper": ["TO", "BE", "OR"], "length": [2, 2, 2]}
+    with running(EXAMPLES / "agent.toml") as sup, Client(sup.addresses["gateway"]) as client:
+        assert client.submit("weather").result(timeout=30) == "weather: 3 steps"
+        assert client.submit("weather?").result(timeout=30) == "weather?: 0 steps"
+
+
+def slow_diamond() -> dict:
+    return {"broker": {"heartbeat_interval": 0.1, "heartbeat_liveness": 3}, "stage": [
+        fn("fan", "fan"),
+        {"name": "slow", "kind": "function", "handler": "tests.integration.handlers:slow_echo",
+         "input": "fan", "replicas": 2},
+        fn("index", "index", "fan"),
+        {"name": "join", "kind": "aggregate", "input": ["slow", "index"], "key": "request", "op": "collect"},
+    ]}
+
+
+def test_a_dead_branch_instance_fails_the_requests_it_held_naming_it_and_the_rest_stay_exact():
+    with running(slow_diamond()) as sup, Client(sup.addresses["gateway"]) as client:
+        # Mostly one item per request, so that about half the requests never meet the victim.
+        futures = [client.submit({"sleep": 2.0, "n": 1 + (i % 5 == 0)}) for i in range(30)]
+
+        def both_busy():
+            insts = status(sup)["stages"]["slow"]["instances"]
+            return insts if all(i["depth"] > 0 for i in insts) else None
+
+        victim = wait_for(both_busy, 10, "both slow instances to hold work")[0]
+        os.kill(victim["pid"], signal.SIGKILL)
+        t0 = time.monotonic()
+        ok, failed = [], []
+        for i, f in enumerate(futures):
+            try:
+                ok.append((i, f.result(timeout=20)))
+            except RequestError as exc:
+                failed.append(exc)
+        assert ok and failed, (len(ok), [str(e) for e in failed][:3])
+        assert time.monotonic() - t0 < 10  # within a few heartbeats, not at the deadline
+        for exc in failed:
+            assert exc.stage == "slow" and f"pid {victim['pid']}" in exc.message
+        for i, result in ok:
+            n = 1 + (i % 5 == 0)
+            assert result == {"slow": [{"sleep": 2.0, "i": j} for j in range(n)], "index": list(range(n))}
+        after = client.submit({"sleep": 0.0, "n": 2}).result(timeout=10)
+        assert after == {"slow": [{"sleep": 0.0, "i": 0}, {"sleep": 0.0, "i": 1}], "index": [0, 1]}
