@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from alto_bus import Client, RequestError
+from alto_bus import Client, RequestError, Worker
 from tests.support import running, status, wait_for
 
 G = "tests.integration.graph_handlers"
@@ -139,3 +139,31 @@ def test_a_dead_branch_instance_fails_the_requests_it_held_naming_it_and_the_res
             assert result == {"slow": [{"sleep": 2.0, "i": j} for j in range(n)], "index": list(range(n))}
         after = client.submit({"sleep": 0.0, "n": 2}).result(timeout=10)
         assert after == {"slow": [{"sleep": 0.0, "i": 0}, {"sleep": 0.0, "i": 1}], "index": [0, 1]}
+
+
+def test_join_instances_that_join_and_drain_while_requests_flow_keep_every_result_exact():
+    topo = slow_diamond()
+    topo["broker"] = {"heartbeat_interval": 0.2}
+    topo["stage"][3]["replicas"] = 2
+    waves = [[{"sleep": 0.05 * (i % 4), "n": i % 4} for i in range(100)] for _ in range(4)]
+    with running(topo) as sup, Client(sup.addresses["gateway"]) as client:
+        control = sup.addresses["control"]
+        futures = [client.submit(p, timeout=30) for p in waves[0]]
+        joined = Worker(stage="join", broker=control).start()  # built from the topology: a join
+        try:
+            futures += [client.submit(p, timeout=30) for p in waves[1]]
+            leaving = Worker(stage="join", broker=control).start()
+            try:
+                futures += [client.submit(p, timeout=30) for p in waves[2]]
+                wait_for(lambda: leaving.logic.depth() > 0, 10, "the new join instance to hold open groups")
+                leaving.request_stop()  # drain: finish the groups of the epochs it owned keys in
+                futures += [client.submit(p, timeout=30) for p in waves[3]]
+                results = [f.result(timeout=40) for f in futures]
+            finally:
+                leaving.stop()
+        finally:
+            joined.stop()
+    for p, result in zip([p for w in waves for p in w], results):
+        n = p["n"]
+        assert result == {"slow": [{"sleep": p["sleep"], "i": j} for j in range(n)], "index": list(range(n))}
+    assert joined.stats["messages_in"] > 0 and leaving.stats["messages_in"] > 0
