@@ -187,9 +187,11 @@ ARRIVE, STEP, ROUND, REFRESH = 0, 1, 2, 3
 
 def simulate(make: Callable[[], Policy], trace: list[Req], n_instances: int,
              kv_tokens: int, prefix_tokens: dict[str, int], round_s: float,
-             load_period: float, n_senders: int, report_kv: bool = False) -> dict:
+             load_period: float, n_senders: int, report_kv: bool = False, stagger: bool = False) -> dict:
     """One policy on one trace. ``report_kv``: instances report their KV cache (capacity,
-    held by sequences) to ``place`` as the sim engine's workers do in the real system."""
+    held by sequences) to ``place`` as the sim engine's workers do in the real system.
+    ``stagger``: each sender's near-tie rotation starts at its own random offset, as the
+    real senders' do (ConsumerRoutes); without it they start in step (before that fix)."""
     pool = [f"i{k}" for k in range(n_instances)]
     params = SimParams(kv_capacity_tokens=kv_tokens)
     hashes = {p: [hash((p, k)) for k in range(n // params.block_size)]
@@ -197,6 +199,9 @@ def simulate(make: Callable[[], Policy], trace: list[Req], n_instances: int,
     inst = {name: Instance(name, params, hashes) for name in pool}
     broker = make()
     senders = [make() for _ in range(n_senders)]
+    if stagger:
+        for k, sender in enumerate(senders):
+            sender.start_turn(random.Random(k).randrange(1 << 16))
     placement = broker.place(RoundInput(instances=pool, prefix_tokens=prefix_tokens,
                                         prompts=sorted(prefix_tokens)))
     views = [{name: 0.0 for name in pool} for _ in senders]   # each sender's loads

@@ -130,9 +130,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="wall seconds: no new seed starts after this")
     ap.add_argument("--out-dir", default="out/sim_tenants")
     ap.add_argument("--no-plot", action="store_true")
-    ap.add_argument("--stagger-turns", action="store_true",
-                    help="diagnostic: start each sender's near-tie rotation at its own offset "
-                         "(see BENCHMARKS.md: in step, the senders' rotations herd)")
+    ap.add_argument("--in-step", action="store_true",
+                    help="start every sender's near-tie rotation at 0, as before the fix "
+                         "(BENCHMARKS.md: in step, the senders herd)")
     args = ap.parse_args(argv)
 
     specs = [s for s in args.policies.split(",") if s]
@@ -157,17 +157,13 @@ def main(argv: list[str] | None = None) -> int:
 
             def make(name: str = name, kw: dict = kw, made: list = made) -> Policy:
                 policy = make_policy(name, **kw)
-                if args.stagger_turns:
-                    # simulate() makes the broker's object first, then one per sender; a
-                    # private counter, set here only to test the herding diagnosis
-                    policy._turn = len(made)
                 made.append(policy)
                 return policy
 
             t1 = time.perf_counter()
             fresh = [Req(r.prompt, r.t_arr, r.prefix, r.var, r.out) for r in trace]
             res = simulate(make, fresh, args.instances, args.kv_tokens, prefixes, args.round,
-                           args.load_period, args.senders, report_kv=True)
+                           args.load_period, args.senders, report_kv=True, stagger=not args.in_step)
             res.pop("placement")
             res["seed"] = seed
             res["routed"] = _routed(made)
@@ -186,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
             f"(~{n_calls:,} requests a seed), {args.senders} senders, loads every "
             f"{args.load_period * 1e3:g} ms, rounds every {args.round:g} s; {seeds_done} seed(s) "
             f"from {args.seed}; median [min-max] over seeds; simulated engine"
-            + ("; senders' rotations staggered (diagnostic)" if args.stagger_turns else ""))
+            + ("; senders' rotations in step (before the fix)" if args.in_step else ""))
     table = _table(specs, rows)
     print(f"\n{head}\n\n{table}")
     out = Path(args.out_dir)

@@ -45,6 +45,7 @@ class ConsumerRoutes:
             pool = None
             if pool_cfg:
                 policy = make_policy(pool_cfg["policy"], **(pool_cfg.get("policy_args") or {}))
+                policy.start_turn(rng.randrange(1 << 16))  # out of step with the other senders
                 pool = PoolRoute(cfg["name"], policy, own=stage)
             tables.append(RouteTable(stage, cfg["name"], cfg.get("key_depth"), pool=pool,
                                      pool_name=pool_cfg["name"] if pool_cfg else None, rng=rng,

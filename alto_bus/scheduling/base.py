@@ -256,6 +256,13 @@ class Policy(ABC):
         self._turn += 1
         return self._turn
 
+    def start_turn(self, offset: int) -> None:
+        """Start this sender's rotation among near-ties at ``offset``. Senders whose
+        rotations start in step send their consecutive requests to the same instance
+        (measured: p99 1.18x worse on the multi-tenant trace, BENCHMARKS.md), so each
+        sender starts at its own (ConsumerRoutes gives each a random one)."""
+        self._turn = offset
+
     @abstractmethod
     def place(self, inp: RoundInput) -> Placement:
         """The placement for the next round."""

@@ -156,3 +156,20 @@ def test_streams_cut_short_are_forgotten_with_their_requests():
     assert len(routes._sticky) == 2
     routes.forget_requests([5])          # request 5 ended by an error: its stream never finishes
     assert [key[0] for key in routes._sticky] == [6]
+
+
+def test_senders_start_their_near_tie_rotations_out_of_step():
+    # Every sender of a pool stage sees the same tied loads; if their rotations started in
+    # step, request k of every sender would go to the same member (the herding measured
+    # in BENCHMARKS.md). ConsumerRoutes starts each sender's policy at a random turn.
+    import random
+
+    from alto_bus.routing.consumer_routes import ConsumerRoutes
+    from alto_bus.scheduling.base import Placement
+
+    welcome = {"results": "tcp://127.0.0.1:1", "consumers": [
+        {"config": {"name": "lm", "inputs": ["up"]}, "pool": {"name": "p", "policy": "least-loaded"}}]}
+    senders = [ConsumerRoutes.from_welcome("up", welcome, random.Random(seed)) for seed in range(8)]
+    placement = Placement(prompts={"q": ["a", "b", "c", "d"]})
+    firsts = [s.tables[0].pool.policy.choose("q", placement, {}) for s in senders]
+    assert len(set(firsts)) >= 3, firsts
