@@ -3,6 +3,7 @@
 from alto_bus.client import AsyncClient, Client, Partial, RequestError
 from alto_bus.runtime.worker import Worker, WorkerError
 from alto_bus.runtime.stage import StageLogic
+from alto_bus.graph.api import Graph
 
-__all__ = ["AsyncClient", "Client", "Partial", "RequestError", "StageLogic", "Worker", "WorkerError"]
+__all__ = ["AsyncClient", "Client", "Graph", "Partial", "RequestError", "StageLogic", "Worker", "WorkerError"]
 __version__ = "0.1.0"

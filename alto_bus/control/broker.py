@@ -30,7 +30,7 @@ from alto_bus.protocol import control_bodies, wire
 from alto_bus.protocol.messages import Submit
 from alto_bus.control.request_book import ClientOut, Gateway
 from alto_bus.control.gateway import GatewaySockets
-from alto_bus.control.load_reports import reports_by_stage
+from alto_bus.control.load_reports import LoadReports
 from alto_bus.control.pool_setup import make_pools
 from alto_bus.control.socket_drain import BadFrames, drain_routed
 from alto_bus.control.failure_ledger import Departure, Failure, FailureLedger
@@ -77,7 +77,8 @@ class Broker:
                                   id_base=id_base)
         self.gateway = Gateway(cfg.request_timeout, cfg.max_inflight)
         self.pool_of = {s: p.name for p in topology.pools for s in p.stages}
-        self._consumers = {s.name: s.consumers for s in topology.stages}  # whose loads each stage needs
+        # Each stage's instances get the loads of the stages they feed, as they change.
+        self.load_reports = LoadReports({s.name: s.consumers for s in topology.stages}, self.pool_of)
         self.pools = make_pools(topology)
         self._next_round = 0.0
         # An entry stage on a pool is routed by the pool's policy, like any other prompt
@@ -341,14 +342,12 @@ class Broker:
             member_loads = {n: p.member_loads for n, p in self.pools.items()}
             self._update_entry_route({"placements": placements, "member_loads": member_loads})
         instances = self.members.instances
-        reports = reports_by_stage(common, loads, {i: inst.stage for i, inst in instances.items()},
-                                   self._consumers, self.pool_of, placements, member_loads)
-        frames = {stage: wire.encode_control("loads", body) for stage, body in reports.items()}
-        for inst in instances.values():  # one encoding per stage, not per instance
-            try:
-                self.control.send_multipart([inst.identity, frames[inst.stage]], zmq.NOBLOCK)
+        for iid, frame in self.load_reports.frames(common, loads, {i: inst.stage for i, inst in instances.items()},
+                                                   placements, member_loads):
+            try:  # one encoding per stage, with the loads that changed
+                self.control.send_multipart([instances[iid].identity, frame], zmq.NOBLOCK)
             except zmq.ZMQError as exc:
-                log.debug("loads to %r not sent: %s", inst.identity, exc)
+                log.debug("loads to %r not sent: %s", instances[iid].identity, exc)
 
     def _update_entry_route(self, body: dict) -> None:
         route = self.entry_route

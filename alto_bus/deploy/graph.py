@@ -207,7 +207,10 @@ class _Graph:
             loop = self.loop_of.get(n, frozenset())
             outside = [i for i in self.inputs[n] if i not in loop]
             merge_depth = self._merge_depth(s, outside, depth) if len(outside) > 1 else None
-            if not outside:
+            placed = [i for i in self.inputs[n] if i in depth]  # a loop stage after its entry
+            if not outside and placed:
+                d_in, var = depth[placed[0]], varies[placed[0]]
+            elif not outside:
                 d_in, var = 1, False
             elif merge_depth is not None:
                 d_in = min(depth[i] for i in outside) + 1

@@ -24,7 +24,8 @@ class LoadView:
         self.sent: dict[int, int] = {}       # instance -> items this sender sent since then
 
     def update(self, reported: dict[int, int]) -> None:
-        self.reported = reported
+        """A broker report: the loads that changed since the last one (control/load_reports.py)."""
+        self.reported.update(reported)
         self.sent = {}
 
     def load(self, instance: int) -> int:

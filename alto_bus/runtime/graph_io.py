@@ -57,8 +57,11 @@ class GraphIO:
         merge, where = self.merge, self.merge_index.get(index)
         for msg in msgs:
             for m in (merge.remap(msg, where) if merge is not None else (msg,)):
-                if type(m) is Data and m.turns and not self._arrived(m):
-                    continue
+                if type(m) is Data and m.turns:
+                    if where is not None:  # from outside this stage's loop: its turns were another loop's
+                        m = Data(m.path, m.seq, m.payload, m.final, m.epoch, m.trace)
+                    elif not self._arrived(m):
+                        continue
                 yield m
 
     def _arrived(self, msg: Data) -> bool:
