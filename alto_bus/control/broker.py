@@ -30,7 +30,7 @@ from alto_bus.protocol import control_bodies, wire
 from alto_bus.protocol.messages import Submit
 from alto_bus.control.request_book import ClientOut, Gateway
 from alto_bus.control.gateway import GatewaySockets
-from alto_bus.control.load_reports import LoadReports
+from alto_bus.control.load_reports import FULL_EVERY, LoadReports
 from alto_bus.control.pool_setup import make_pools
 from alto_bus.control.socket_drain import BadFrames, drain_routed
 from alto_bus.control.failure_ledger import Departure, Failure, FailureLedger
@@ -78,7 +78,8 @@ class Broker:
         self.gateway = Gateway(cfg.request_timeout, cfg.max_inflight)
         self.pool_of = {s: p.name for p in topology.pools for s in p.stages}
         # Each stage's instances get the loads of the stages they feed, as they change.
-        self.load_reports = LoadReports({s.name: s.consumers for s in topology.stages}, self.pool_of)
+        self.load_reports = LoadReports({s.name: s.consumers for s in topology.stages}, self.pool_of,
+                                        int(os.environ.get("ALTO_LOADS_FULL_EVERY", FULL_EVERY)))  # 1: a benchmark's reference
         self.pools = make_pools(topology)
         self._next_round = 0.0
         # An entry stage on a pool is routed by the pool's policy, like any other prompt

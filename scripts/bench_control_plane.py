@@ -1,0 +1,241 @@
+#!/usr/bin/env python3
+"""The control plane at scale: a real broker, thousands of simulated instances.
+
+Simulated instances speak the real control protocol (hello, ready, heartbeats) from a
+few processes, many DEALER sockets each; they do no data-plane work. A 3-stage chain
+(entry -> b -> c, 1% / half / half of the instances). Measured, per instance count:
+
+* broker CPU per second and bytes of "loads" reports per tick, in steady state with
+  10% of the instances changing their reported depth every heartbeat;
+* time to a new epoch: one more instance registers; until every instance has its table;
+* time to notice a dead instance: one stops its heartbeats; until every instance has a
+  table without it (the broker's liveness is heartbeat_liveness x heartbeat_interval).
+
+Each count runs twice in the same run: loads as deltas (the default) and whole every
+tick (ALTO_LOADS_FULL_EVERY=1, the reference).
+
+    .venv/bin/python scripts/bench_control_plane.py --instances 250,1000,5000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import zmq
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from alto_bus.protocol import wire  # noqa: E402
+
+HB = 0.5
+LIVENESS = 4
+
+
+def topology(path: Path) -> None:
+    stage = 'kind = "function"\nhandler = "words_handlers:upper"\n'
+    path.write_text(f'[broker]\nheartbeat_interval = {HB}\nheartbeat_liveness = {LIVENESS}\n'
+                    f'[[stage]]\nname = "a"\n{stage}'
+                    f'[[stage]]\nname = "b"\ninput = "a"\n{stage}'
+                    f'[[stage]]\nname = "c"\ninput = "b"\n{stage}')
+
+
+def sim_instances(control: str, stages: list[str], seconds: float, out: mp.Queue, go: mp.Event,
+                  victim: bool) -> None:
+    """Run len(stages) simulated instances for ``seconds``; report what they received."""
+    ctx = zmq.Context()
+    socks, iids, epochs = [], {}, {}
+    poller = zmq.Poller()
+    for k, stage in enumerate(stages):
+        s = ctx.socket(zmq.DEALER)
+        s.setsockopt(zmq.LINGER, 0)
+        s.connect(control)
+        s.send(wire.encode_control("hello", {"stage": stage, "pid": os.getpid(), "host": "sim"}))
+        socks.append(s)
+        poller.register(s, zmq.POLLIN)
+    rng = random.Random(os.getpid())
+    depth = [0] * len(socks)
+    loads_bytes = 0
+    tables: list[tuple[float, int, set]] = []   # (time, epoch, instance ids) of the first socket
+    seen_epoch: dict[int, float] = {}           # epoch -> when the last of our sockets got it
+    got: dict[int, int] = {}                    # epoch -> how many of our sockets got it
+    dead_at = None
+    next_beat = time.monotonic() + HB
+    end = time.monotonic() + seconds
+    measuring = False
+    while time.monotonic() < end:
+        for s, _ in poller.poll(20):
+            while True:
+                try:
+                    frame = s.recv(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                op, body = wire.decode_control(frame)
+                if op == "welcome":
+                    s.send(wire.encode_control("ready", {"stage": body["config"]["name"],
+                                                         "address": f"tcp://127.0.0.1:{rng.randint(20000, 60000)}",
+                                                         "pid": os.getpid(), "host": "sim"}))
+                elif op == "registered":
+                    iids[s] = int(body["iid"])
+                elif op == "loads":
+                    if measuring:
+                        loads_bytes += len(frame)
+                elif op == "table":
+                    e = int(body["epoch"])
+                    got[e] = got.get(e, 0) + 1
+                    if got[e] == len(socks):
+                        seen_epoch[e] = time.time()
+                    if s is socks[-1]:  # not the victim (socks[0]): it gets no table once dead
+                        ids = {int(iid) for st in body["stages"].values() for iid, _ in st}
+                        tables.append((time.time(), e, ids))
+        now = time.monotonic()
+        if now >= next_beat:
+            next_beat = now + HB
+            for k, s in enumerate(socks):
+                if victim and k == 0 and dead_at is not None:
+                    continue
+                if rng.random() < 0.1:
+                    depth[k] = rng.randint(0, 50)
+                s.send(wire.encode_control("heartbeat", {"depth": depth[k]}))
+        if not measuring and go.is_set():
+            measuring = True
+            t_measure = time.time()
+            loads_bytes = 0
+        if victim and dead_at is None and os.path.exists(go_file(control)):
+            dead_at = time.time()
+    out.put({"registered": len(iids), "loads_bytes": loads_bytes, "seen_epoch": seen_epoch,
+             "tables": [(t, e, sorted(ids)) for t, e, ids in tables],
+             "victim_iid": iids.get(socks[0]) if victim else None, "dead_at": dead_at,
+             "t_measure": t_measure if measuring else None})
+    ctx.destroy(linger=0)
+
+
+def go_file(control: str) -> str:
+    return os.path.join(tempfile.gettempdir(), f"alto_cp_kill_{control.rsplit(':', 1)[1]}")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_one(n: int, procs: int, steady: float, full_every: int | None) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        topo = Path(tmp) / "cp.toml"
+        topology(topo)
+        env = dict(os.environ, PYTHONPATH=f"{ROOT / 'topology' / 'examples'}:{ROOT}")
+        if full_every:
+            env["ALTO_LOADS_FULL_EVERY"] = str(full_every)
+        broker = subprocess.Popen([sys.executable, "-m", "alto_bus.deploy.cli", "broker", str(topo), "--announce"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True)
+        try:
+            addresses = json.loads(broker.stdout.readline())
+            control = addresses["control"]
+            n_a = max(1, n // 100)
+            names = ["a"] * n_a + ["b"] * ((n - n_a) // 2) + ["c"] * (n - n_a - (n - n_a) // 2)
+            random.Random(0).shuffle(names)
+            chunks = [names[k::procs] for k in range(procs)]
+            q: mp.Queue = mp.Queue()
+            go = mp.Event()
+            total = steady + 12 + n * n / 20000   # registration, steady window, the join and the death
+            workers = [mp.Process(target=sim_instances, args=(control, chunk, total, q, go, k == 0))
+                       for k, chunk in enumerate(chunks)]
+            for w in workers:
+                w.start()
+            time.sleep(4 + n * n / 20000)     # registration settles: every one is an epoch, O(n) tables of O(n)
+            go.set()
+            c0, t0 = cpu_seconds(broker.pid), time.monotonic()
+            time.sleep(steady)
+            cpu = (cpu_seconds(broker.pid) - c0) / (time.monotonic() - t0)
+            ticks = (time.monotonic() - t0) / HB
+            # A new instance joins: the time until every instance has the new epoch.
+            joined_at = time.time()
+            extra = mp.Process(target=sim_instances, args=(control, ["b"], 4.0, q, mp.Event(), False))
+            extra.start()
+            time.sleep(4.5)
+            Path(go_file(control)).touch()     # the victim stops beating
+            results = [q.get(timeout=total + 30) for _ in range(len(workers) + 1)]
+            for w in [*workers, extra]:
+                w.join(10)
+        finally:
+            broker.terminate()
+            broker.wait(10)
+            Path(go_file(control)).unlink(missing_ok=True)
+    main = [r for r in results if r["registered"] != 1 or len(results) == 1]
+    registered = sum(r["registered"] for r in results)
+    loads_bytes = sum(r["loads_bytes"] for r in main)
+    epochs_after_join = [min((t for e, t in r["seen_epoch"].items() if t >= joined_at), default=None) for r in main]
+    t_join = max(t for t in epochs_after_join if t is not None) - joined_at if all(epochs_after_join) else None
+    victim = next(r for r in results if r["victim_iid"] is not None)
+    gone = [t for t, e, ids in victim["tables"] if victim["dead_at"] and t > victim["dead_at"]
+            and victim["victim_iid"] not in ids]
+    t_dead = (min(gone) - victim["dead_at"]) if gone else None
+    return {"instances": n, "registered": registered, "broker_cpu": cpu,
+            "loads_bytes_per_tick": loads_bytes / ticks, "t_new_epoch": t_join, "t_notice_dead": t_dead,
+            "full_every": full_every or "default"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--instances", default="250,1000,5000")
+    ap.add_argument("--procs", type=int, default=4, help="processes the simulated instances run in")
+    ap.add_argument("--steady", type=float, default=10.0, help="seconds of the steady-state window")
+    ap.add_argument("--out", default="out/bench_control_plane/results.json")
+    args = ap.parse_args(argv)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))   # thousands of sockets
+    rows = []
+    for n in [int(x) for x in args.instances.split(",")]:
+        for full in (None, 1):
+            t = time.monotonic()
+            row = run_one(n, args.procs, args.steady, full)
+            rows.append(row)
+            print(f"[{time.monotonic() - t:5.0f} s] {n:5d} instances ({row['registered']} registered), loads "
+                  f"{'deltas' if full is None else 'whole '}: broker CPU {row['broker_cpu']:.2f} s/s, "
+                  f"{row['loads_bytes_per_tick'] / 1e3:,.0f} kB of loads a tick, new epoch everywhere in "
+                  f"{_s(row['t_new_epoch'])}, dead instance out of every table in {_s(row['t_notice_dead'])}",
+                  flush=True)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(rows, indent=1))
+    _plot(rows, Path(args.out).with_suffix(".png"))
+    return 0
+
+
+def _s(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f} s"
+
+
+def _plot(rows: list[dict], path: Path) -> None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for full, label in (("default", "deltas"), (1, "whole every tick")):
+        rs = [r for r in rows if r["full_every"] == full]
+        ns = [r["instances"] for r in rs]
+        axes[0].plot(ns, [r["broker_cpu"] for r in rs], "o-", label=label)
+        axes[1].plot(ns, [r["loads_bytes_per_tick"] / 1e6 for r in rs], "o-", label=label)
+    axes[0].set(xlabel="instances", ylabel="broker CPU (s/s)", xscale="log")
+    axes[1].set(xlabel="instances", ylabel="loads MB per tick", xscale="log", yscale="log")
+    for ax in axes:
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    print(f"plot: {path}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
