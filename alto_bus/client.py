@@ -17,7 +17,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +27,8 @@ import zmq
 from alto_bus.protocol import wire
 from alto_bus.net.sockets import check_address, make_socket
 from alto_bus.net.waker import Waker
+from alto_bus.telemetry.carry import check_traceparent
+from alto_bus.telemetry.tracing import current_traceparent
 
 log = logging.getLogger("alto.client")
 
@@ -91,7 +93,7 @@ class _Pending:
 
 class Client:
     def __init__(self, gateway: str, *, timeout: float = 300.0, curve: Any = None,
-                 gateway_silence: float = 5.0) -> None:
+                 gateway_silence: float = 5.0, on_failure: Callable[[str], None] | None = None) -> None:
         """``timeout``: default deadline of each request, in seconds (enforced by the gateway).
 
         ``curve``: this client's keys when the gateway requires CURVE
@@ -99,12 +101,17 @@ class Client:
 
         ``gateway_silence``: with requests pending, a gateway that sends nothing (not even
         an answer to the client's pings) for this long is gone: they all fail then.
+
+        ``on_failure(why)``: called (from the I/O thread) if that thread dies, after every
+        pending request has failed; the client refuses new ones from then on.
         """
         check_address(gateway, "Client gateway")
         self.gateway = gateway
         self.gateway_silence = gateway_silence
         self._heard = time.monotonic()     # the last frame from the gateway (I/O thread)
         self._broken: str | None = None    # why the I/O thread ended, if it did
+        self._boot: Any = None             # the gateway's run, from its PONGs
+        self._on_failure = on_failure
         self._deadlines: list[tuple[float, int]] = []  # (give up, cid): a heap
         self.curve = curve
         self.timeout = timeout
@@ -124,32 +131,41 @@ class Client:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def submit(self, payload: Any, *, timeout: float | None = None) -> concurrent.futures.Future:
-        """Send one request; the future holds its result or raises RequestError."""
-        return self._submit(payload, timeout, None)
+    def submit(self, payload: Any, *, timeout: float | None = None,
+               traceparent: str | None = None) -> concurrent.futures.Future:
+        """Send one request; the future holds its result or raises RequestError.
 
-    def stream(self, payload: Any, *, timeout: float | None = None) -> Stream:
+        ``traceparent`` (W3C) makes the request's trace a child of that context; without
+        it, the current OpenTelemetry span's (if there is one) is used."""
+        return self._submit(payload, timeout, None, traceparent=traceparent)
+
+    def stream(self, payload: Any, *, timeout: float | None = None, traceparent: str | None = None) -> Stream:
         """Send one request and iterate its partial results as they reach the end."""
         fut: concurrent.futures.Future = concurrent.futures.Future()
         stream = Stream(fut)
-        self._submit(payload, timeout, stream, fut)
+        self._submit(payload, timeout, stream, fut, traceparent)
         return stream
 
     def _submit(self, payload: Any, timeout: float | None, stream: Any,
-                fut: concurrent.futures.Future | None = None) -> concurrent.futures.Future:
+                fut: concurrent.futures.Future | None = None,
+                traceparent: str | None = None) -> concurrent.futures.Future:
         if self._broken is not None:
             raise RequestError("client", self._broken)
         if self._closed:
             raise RuntimeError("the client is closed")
         timeout = self.timeout if timeout is None else timeout
+        trace = check_traceparent(traceparent, "traceparent") or current_traceparent()
         cid = next(self._ids)
         try:
-            msg = self._packer.pack([wire.SUBMIT, cid, payload, stream is not None, float(timeout)])
+            fields = [wire.SUBMIT, cid, payload, stream is not None, float(timeout)]
+            msg = self._packer.pack(fields if trace is None else [*fields, trace])
         except (TypeError, ValueError, OverflowError) as exc:
             raise TypeError(f"payload cannot be sent (msgpack types only): {exc}") from None
         fut = fut or concurrent.futures.Future()
         now = time.monotonic()
         with self._lock:
+            if self._broken is not None:  # it died since the check above: refuse, never a hang
+                raise RequestError("client", self._broken)
             if not self._pending:
                 self._heard = now  # silence counts only while something is pending
             self._pending[cid] = _Pending(fut, stream, now + timeout + GRACE)
@@ -193,6 +209,11 @@ class Client:
             self._broken = f"the client's I/O thread failed: {type(exc).__name__}: {exc}"
             log.exception("client for %s: I/O thread failed", self.gateway)
             self._fail_all(RequestError("client", self._broken))
+            if self._on_failure is not None:
+                try:
+                    self._on_failure(self._broken)
+                except Exception:
+                    log.exception("client for %s: on_failure raised", self.gateway)
 
     def _fail_all(self, error: RequestError) -> None:
         with self._lock:
@@ -259,6 +280,8 @@ class Client:
 
     def _on_message(self, msg: list) -> None:
         if msg[0] == wire.PONG:
+            if len(msg) > 1:
+                self._gateway_run(msg[1])
             return
         op, cid = msg[0], msg[1]
         if op == wire.PARTIAL:
@@ -274,6 +297,20 @@ class Client:
             self._finish(p, value=msg[2])
         elif op == wire.FAILED:
             self._finish(p, error=RequestError(str(msg[2]), str(msg[3])))
+
+    def _gateway_run(self, boot: Any) -> None:
+        """A PONG names the gateway's run: a new one means the broker restarted, and what it
+        held is gone. Every request pending now fails at once (some may have reached the new
+        run: they are cancelled there), instead of each waiting for its own deadline."""
+        if self._boot is not None and boot != self._boot:
+            with self._lock:
+                cids = list(self._pending)
+            log.error("client: the gateway at %s restarted; failing %d request(s) in flight", self.gateway, len(cids))
+            for cid in cids:
+                self._outbox.put(msgpack.packb([wire.CANCEL, cid], use_bin_type=True))
+            self._fail_all(RequestError("gateway", f"the gateway at {self.gateway} restarted: the requests "
+                                                   "in flight when it went down were lost"))
+        self._boot = boot
 
     def _finish(self, p: _Pending, value: Any = None, error: BaseException | None = None) -> None:
         if not p.future.done():
@@ -310,15 +347,18 @@ class Client:
 class AsyncStream:
     """One request's partial results (``async for``), then ``await result()``; ``cancel()`` ends it early."""
 
-    def __init__(self, client: Client, payload: Any, timeout: float | None) -> None:
+    def __init__(self, client: Client, payload: Any, timeout: float | None, traceparent: str | None = None) -> None:
         self._client = client
         self._loop = asyncio.get_running_loop()
         self._items: asyncio.Queue[Partial | None] = asyncio.Queue()
         self.future: concurrent.futures.Future = concurrent.futures.Future()
-        client._submit(payload, timeout, self, self.future)
+        client._submit(payload, timeout, self, self.future, traceparent)
 
     def _put(self, item: Partial | None) -> None:  # the I/O thread
-        self._loop.call_soon_threadsafe(self._items.put_nowait, item)
+        try:
+            self._loop.call_soon_threadsafe(self._items.put_nowait, item)
+        except RuntimeError:  # its loop is closed: nobody reads this stream (not the I/O thread's fault)
+            pass
 
     def __aiter__(self) -> AsyncStream:
         return self
@@ -343,8 +383,9 @@ class AsyncClient:
     A caller that stops waiting (its task is cancelled, or it leaves a stream early)
     cancels the request at the gateway, so its work stops too."""
 
-    def __init__(self, gateway: str, *, timeout: float = 300.0, curve: Any = None) -> None:
-        self._client = Client(gateway, timeout=timeout, curve=curve)
+    def __init__(self, gateway: str, *, timeout: float = 300.0, curve: Any = None,
+                 on_failure: Callable[[str], None] | None = None) -> None:
+        self._client = Client(gateway, timeout=timeout, curve=curve, on_failure=on_failure)
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -352,20 +393,22 @@ class AsyncClient:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    async def submit(self, payload: Any, *, timeout: float | None = None) -> Any:
-        fut = self._client.submit(payload, timeout=timeout)
+    async def submit(self, payload: Any, *, timeout: float | None = None, traceparent: str | None = None) -> Any:
+        fut = self._client.submit(payload, timeout=timeout, traceparent=traceparent)
         try:
             return await asyncio.wrap_future(fut)
         except asyncio.CancelledError:
             self._client.cancel(fut)
             raise
 
-    def open_stream(self, payload: Any, *, timeout: float | None = None) -> AsyncStream:
+    def open_stream(self, payload: Any, *, timeout: float | None = None,
+                    traceparent: str | None = None) -> AsyncStream:
         """Send one request; iterate its partials, then ``await result()`` (call in a running loop)."""
-        return AsyncStream(self._client, payload, timeout)
+        return AsyncStream(self._client, payload, timeout, traceparent)
 
-    async def stream(self, payload: Any, *, timeout: float | None = None) -> AsyncIterator[Partial]:
-        s = self.open_stream(payload, timeout=timeout)
+    async def stream(self, payload: Any, *, timeout: float | None = None,
+                     traceparent: str | None = None) -> AsyncIterator[Partial]:
+        s = self.open_stream(payload, timeout=timeout, traceparent=traceparent)
         try:
             async for item in s:
                 yield item

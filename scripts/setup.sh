@@ -13,12 +13,13 @@ with_vllm=1
 # Installed here, before scripts/test.sh enters its loopback-only namespace (no package
 # registry is reachable there; the tests install nothing). tests/cluster needs sshd and
 # ssh (hosts are network namespaces, each with a real sshd), ip, pgrep and a real Slurm;
-# the vLLM test needs strace; the HTTP test scrapes with a real prometheus.
+# the vLLM test needs strace; the HTTP test scrapes with a real prometheus; the dashboard
+# test loads the page in a headless chromium.
 # "TOOL:PACKAGE", one per tool that a test runs.
 tools=(ip:iproute2 ssh:openssh-client ssh-keygen:openssh-client /usr/sbin/sshd:openssh-server
        pgrep:procps slurmctld:slurmctld slurmd:slurmd srun:slurm-client salloc:slurm-client
        sinfo:slurm-client scancel:slurm-client munged:munge nsenter:util-linux
-       prometheus:prometheus)
+       prometheus:prometheus chromium:chromium)
 if [[ $with_vllm == 1 ]]; then
     tools+=(strace:strace)
 fi

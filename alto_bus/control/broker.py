@@ -27,7 +27,7 @@ import zmq
 
 from alto_bus.net import curve as keys
 from alto_bus.protocol import control_bodies, wire
-from alto_bus.protocol.messages import Submit
+from alto_bus.protocol.messages import Data, Submit
 from alto_bus.control.request_book import ClientOut, Gateway
 from alto_bus.control.gateway import GatewaySockets
 from alto_bus.control.load_reports import FULL_EVERY, LoadReports
@@ -129,7 +129,7 @@ class Broker:
                     self._tick(now)
                 self.gateway_io.expire(now)
                 self._flush_entries()
-                self.gateway_io.flush()
+                self.gateway_io.flush(now)
                 if self.gateway.cancelled:
                     self._broadcast_cancels()
         finally:
@@ -140,8 +140,11 @@ class Broker:
         deadline = self.gateway.next_deadline()
         if deadline is not None:
             wake = min(wake, deadline)
-        if any(link.backlog for link in self.entries.values()) or self.gateway_io.pending:
+        if any(link.backlog for link in self.entries.values()):
             wake = min(wake, now + 0.001)
+        retry = self.gateway_io.next_wake()  # a client's backlog, retried with a growing pause
+        if retry is not None:
+            wake = min(wake, retry)
         return wake
 
     # -- control plane -----------------------------------------------------------------
@@ -282,12 +285,16 @@ class Broker:
 
     def status(self) -> dict[str, Any]:
         replicas = {name: self.topology.stage(name).replicas for name in self.stage_names}
+        stages = self.members.status(replicas)
+        for s in self.topology.stages:  # the graph (the dashboard draws it): kind, inputs, pool
+            if s.name in stages:
+                stages[s.name].update(kind=s.kind, input=s.input, pool=s.fields.get("pool"))
         return {
             "pools": {n: p.status() for n, p in self.pools.items()},
             "epoch": self.members.epoch,
             "ticks": self.ticks,
             "addresses": self.addresses,
-            "stages": self.members.status(replicas),
+            "stages": stages,
             "gateway": self.gateway_io.status(),
         }
 
@@ -430,7 +437,10 @@ class Broker:
         self.loads.note_sent(iid)
         link = self.entries[iid]
         link.sent.add(rid)
-        if link.batch.add(wire.data([rid], 0, payload, True, self.members.epoch)) >= self.topology.entry.batch_bytes:
+        spans = self.gateway_io.spans  # tracing: the request's span, its context on the first DATA
+        trace = spans.start(identity, msg, rid, self.topology.entry.name, iid) if spans else None
+        first = Data([rid], 0, payload, True, self.members.epoch, trace)
+        if link.batch.add(first) >= self.topology.entry.batch_bytes:
             self._send_entry(link)
 
     def _send_entry(self, link: EntryLink) -> None:

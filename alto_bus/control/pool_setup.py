@@ -9,7 +9,7 @@ from alto_bus.scheduling.pool_scheduler import PoolScheduler
 def make_pools(topology: Topology) -> dict[str, PoolScheduler]:
     """Pool name -> the scheduler that places its prompts."""
     return {p.name: PoolScheduler(p.name, p.policy, dict(p.policy_args or {}), p.stages,
-                                  prefix_tokens(topology, p.stages))
+                                  prefix_tokens(topology, p.stages), servers=tuple(p.members or ()))
             for p in topology.pools}
 
 

@@ -171,6 +171,13 @@ class Gateway:
             self.fail(rid, "client", "cancelled by the client", out)
         return rid
 
+    def fail_client(self, client: bytes, stage: str, message: str, out: list[ClientOut]) -> int:
+        """Fail every request of ``client`` in flight (one FAILED each); how many."""
+        rids = list(self.by_client.get(client, {}).values())
+        for rid in rids:
+            self.fail(rid, stage, message, out)
+        return len(rids)
+
     def drop_client(self, client: bytes) -> list[int]:
         """The client went away: forget its requests (their late results are discarded)."""
         cids = self.by_client.pop(client, {})

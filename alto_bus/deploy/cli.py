@@ -23,8 +23,9 @@ def cmd_launch(args: argparse.Namespace) -> int:
 
     _logging("WARNING" if not args.verbose else "INFO")
     if args.hosts is not None:  # across the [[host]] tables, over ssh
-        if args.http:
-            print("error: --http serves a one-machine launch; it does not combine with --hosts", file=sys.stderr)
+        if args.http or args.metrics_port:
+            print(f"error: {'--http' if args.http else '--metrics-port'} serves a one-machine launch; it does not "
+                  "combine with --hosts (give alto node --metrics-port on each host)", file=sys.stderr)
             return 2
         from alto_bus.deploy.ssh_launch import launch_cluster_main
 
@@ -37,7 +38,8 @@ def cmd_launch(args: argparse.Namespace) -> int:
         except ValueError as exc:
             print(f"error: --http: {exc}", file=sys.stderr)
             return 2
-    return launch(args.topology, log_level="INFO" if args.verbose else "WARNING", http=args.http)
+    return launch(args.topology, log_level="INFO" if args.verbose else "WARNING", http=args.http,
+                  metrics=args.metrics_port)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -118,7 +120,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
         from alto_bus.runtime.pool_member import PoolMember
 
         worker = PoolMember(args.pool, args.broker, inbox=args.inbox, advertise=args.advertise,
-                            broker_timeout=args.broker_timeout, curve=curve, host=args.host_name)
+                            broker_timeout=args.broker_timeout, curve=curve, host=args.host_name,
+                            member_index=args.member_index)
     elif args.stage:
         worker = Worker(args.stage, broker=args.broker, inbox=args.inbox, advertise=args.advertise,
                         broker_timeout=args.broker_timeout, curve=curve, host=args.host_name)
@@ -229,6 +232,10 @@ def _format_status(status: dict[str, Any]) -> str:
              f"{g['rejected']} rejected; bad frames {g['bad_frames']}"]
     for socket, reasons in g.get("bad_by_socket", {}).items():
         lines.append(f"  dropped on the {socket} socket: {_counts(reasons)}")
+    b = g.get("backlog") or {}
+    if b.get("clients") or b.get("cut_off"):  # clients that do not read their answers
+        lines.append(f"  answers waiting for slow clients: {b['bytes']} bytes for {b['clients']} client(s); "
+                     f"{b['cut_off']} cut off, {b['dropped_answers']} answers dropped, {b['refused']} refused")
     for name, st in status["stages"].items():
         insts = st["instances"]
         lines.append(f"stage {name}: {len(insts)}/{st['replicas']} instances")
@@ -250,10 +257,26 @@ def _format_status(status: dict[str, Any]) -> str:
         for member, load in pool["member_loads"].items():
             hit = pool["hit_rates"].get(member)
             lines.append(f"  member {member}: load {load}" + (f", prefix-cache hit rate {hit:.0%}" if hit is not None
-                                                               else ""))
+                                                               else "") + _member_figures(pool, member))
         for d in pool["decisions"][-5:]:
             lines.append(f"  round {d['round']}: {d['reason']}")
     return "\n".join(lines)
+
+
+def _member_figures(pool: dict, member: str) -> str:
+    """KV use, and for a remote member its server and what that server runs, in a few words."""
+    out = ""
+    kv = pool.get("kv", {}).get(member)
+    if kv and kv.get("capacity"):
+        out += f", KV {kv['used'] / kv['capacity']:.0%} of {kv['capacity']:,} tokens"
+    server = pool.get("servers", {}).get(member)
+    if server:
+        out += f", server {server['url']}"
+        if server.get("vllm"):
+            out += f" (vLLM: {server['running']} running, {server['waiting']} waiting)"
+        else:
+            out += f" ({pool.get('in_flight', {}).get(member, 0)} in flight; no vLLM /metrics)"
+    return out
 
 
 def _curve(args: argparse.Namespace) -> Any:
@@ -307,6 +330,8 @@ def main(argv: list[str] | None = None) -> int:
                         "(the first runs the broker)")
     p.add_argument("--http", metavar="HOST:PORT",
                    help="also serve the HTTP front door there (port 0: a free one; overrides [http] listen)")
+    p.add_argument("--metrics-port", metavar="[HOST:]PORT",
+                   help="serve Prometheus /metrics of this machine's processes there (host 127.0.0.1 unless given)")
     from alto_bus.deploy.ssh_launch import add_cluster_arguments
 
     add_cluster_arguments(p)  # ssh options of --hosts
@@ -329,6 +354,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--broker", required=True, help="the broker's control address")
     p.add_argument("--stage", help="the stage this instance serves")
     p.add_argument("--pool", help="or: the LM pool this process is a member of (all its stages)")
+    p.add_argument("--member-index", type=int, help="with --pool: which of the pool's remote 'members' "
+                                                    "this member talks to (0-based)")
     p.add_argument("--inbox", help="bind address of this instance's inbox (default: the topology's)")
     p.add_argument("--advertise", help="host name or address peers reach this instance at")
     p.add_argument("--broker-timeout", type=float, default=15.0,

@@ -49,6 +49,8 @@ def add_node_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--broker-wait", type=float, help="seconds to wait for the broker to answer "
                                                      "(default 10; 120 with --slurm)")
     p.add_argument("--ready-timeout", type=float, default=600.0, help="seconds until every instance has registered")
+    p.add_argument("--metrics-port", metavar="[HOST:]PORT",
+                   help="serve Prometheus /metrics of this host's processes there (host: the [[host]] address)")
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO from every process")
 
 
@@ -97,7 +99,7 @@ def node_main(args: argparse.Namespace) -> int:
                             "do not give --broker")
         wait = args.broker_wait if args.broker_wait is not None else (120.0 if args.slurm else 10.0)
         node = Supervisor(args.topology, p, broker=broker, port_base=port_base, broker_wait=wait,
-                          ready_timeout=args.ready_timeout, announce=args.announce,
+                          ready_timeout=args.ready_timeout, announce=args.announce, metrics=args.metrics_port,
                           log_level="INFO" if args.verbose else os.environ.get("ALTO_LOG_LEVEL", "WARNING"))
         if stop[0]:
             return 0

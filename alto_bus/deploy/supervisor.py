@@ -36,6 +36,7 @@ from alto_bus.deploy.plan import NodePlan, local_plan, rehost
 from alto_bus.deploy.processes import die_with
 from alto_bus.deploy.run_signal import run_until_signal
 from alto_bus.deploy.status_probe import StatusProbe
+from alto_bus.deploy.tracing_config import tracing_env
 from alto_bus.net import curve as keys
 
 __all__ = ["Child", "LaunchError", "NodeError", "StatusProbe", "Supervisor", "curve_args", "launch",
@@ -71,10 +72,12 @@ class Supervisor:
     ready_timeout: float = 600.0  # a vLLM engine can take minutes to load
     announce: bool = False
     http: str | None = None              # HOST:PORT of the HTTP front door (overrides [http] listen)
+    metrics: str | None = None           # --metrics-port: PORT or HOST:PORT of this host's /metrics
     stop_grace: float | None = None      # per group (instances, broker); default 10 s here, 40 s on a node
     children: list[Child] = field(default_factory=list)
     addresses: dict[str, str] = field(default_factory=dict)
     _restarts: list[float] = field(default_factory=list)   # when the broker was restarted
+    _metrics: Any = None                 # the NodeMetrics server, with --metrics-port
 
     @property
     def name(self) -> str:
@@ -90,7 +93,7 @@ class Supervisor:
 
     def _spawn(self, role: str, args: list[str], placed: Placed | None = None, **popen: Any) -> Child:
         assert self.plan is not None
-        env = dict(os.environ)
+        env = {**tracing_env(self.plan.topology), **os.environ}  # [tracing] as OTEL_* (the environment wins)
         # Handlers are named "module:function" relative to where alto was started.
         env["PYTHONPATH"] = os.pathsep.join(p for p in (os.getcwd(), env.get("PYTHONPATH", "")) if p)
         env["ALTO_LOG_LEVEL"] = self.log_level
@@ -122,7 +125,24 @@ class Supervisor:
         for placed in p.instances:
             role = f"{'pool ' if placed.what == 'pool' else ''}{placed.stage}#{placed.replica}"
             self._spawn(role, self._worker_args(placed), placed)
+        if self.metrics is not None:
+            self._start_metrics(curve)
         self._await_ready(curve)
+
+    def _start_metrics(self, curve: keys.Curve | None) -> None:
+        """/metrics of this host's processes (alto_bus.service.node_metrics); prints ``metrics URL``."""
+        from alto_bus.service.node_metrics import NodeMetrics, parse_metrics_port
+
+        assert self.plan is not None and self.broker is not None and self.metrics is not None
+        p = self.plan
+        try:
+            host, port = parse_metrics_port(self.metrics, "127.0.0.1" if p.local else p.host.address)
+            self._metrics = NodeMetrics(self.broker, lambda: [c.proc.pid for c in self.children if c.placed],
+                                        None if p.local else p.host.name, p.runs_broker, curve)
+            url = self._metrics.start(host, port)
+        except (OSError, ValueError) as exc:
+            raise NodeError(f"{self._who}--metrics-port {self.metrics}: cannot serve /metrics: {exc}") from None
+        self._print(f"{'' if p.local else f'host {self.name}: '}metrics {url}")
 
     def _start_broker(self, rebind: dict[str, str] | None = None) -> None:
         assert self.plan is not None
@@ -171,6 +191,8 @@ class Supervisor:
         p, topo = self.plan, self.plan.topology
         unit = topo.pool(placed.stage) if placed.what == "pool" else topo.stage(placed.stage)
         args = ["worker", "--broker", self.broker, f"--{placed.what}", unit.name]
+        if placed.what == "pool" and unit.members:   # member i talks to members[i]
+            args += ["--member-index", str(placed.replica)]
         if p.local:
             return [*args, *curve_args(topo)]
         worker_key = topo.security.host_key(p.host) if topo.security else None
@@ -301,6 +323,8 @@ class Supervisor:
 
     def stop(self, grace: float | None = None) -> None:
         """Instances first (they drain and leave), then the broker; SIGKILL what outlives ``grace``."""
+        if self._metrics is not None:
+            self._metrics.stop()
         if grace is None:
             grace = self.stop_grace if self.stop_grace is not None else (
                 10.0 if self.plan is None or self.plan.local else 40.0)
@@ -349,6 +373,8 @@ def _read_announcement(proc: subprocess.Popen, timeout: float, what: str) -> dic
 
 
 def launch(path: str | Path, *, out: IO[str] = sys.stdout, log_level: str = "WARNING",
-           http: str | None = None) -> int:
-    """Run ``alto launch``; returns the process exit code. ``http``: serve the front door on HOST:PORT."""
-    return run_until_signal(Supervisor(str(path), out=out, log_level=log_level, http=http), (NodeError,), out)
+           http: str | None = None, metrics: str | None = None) -> int:
+    """Run ``alto launch``; returns the process exit code. ``http``: serve the front door on HOST:PORT;
+    ``metrics``: this machine's /metrics on PORT or HOST:PORT."""
+    return run_until_signal(Supervisor(str(path), out=out, log_level=log_level, http=http, metrics=metrics),
+                            (NodeError,), out)

@@ -40,6 +40,9 @@ BROKER_FIELDS: dict[str, tuple[tuple[type, ...], Any]] = {
     "heartbeat_liveness": ((int,), 4),
     "request_timeout": ((int, float), 120.0),
     "max_inflight": ((int,), 20000),
+    # What the gateway keeps for a client that does not read its answers, before it cuts it off.
+    "client_backlog_bytes": ((int,), 64 * 1024 * 1024),
+    "client_backlog_answers": ((int,), 200_000),
 }
 
 COMMON_STAGE_FIELDS: dict[str, tuple[tuple[type, ...], Any]] = {
@@ -79,9 +82,14 @@ POOL_FIELDS: dict[str, tuple[tuple[type, ...], Any]] = {
     "queue": ((int,), 4096),
     "hosts": ((list,), None),            # [[host]] names its members may run on (default: any)
     "gpus": ((int,), None),              # GPUs per member (default: the vllm engine's tensor_parallel_size)
+    # engine "openai": remote servers, one member each (member i talks to members[i])
+    "members": ((list,), None),          # their base URLs, e.g. "http://10.0.0.5:8000/v1"
+    "api_key_env": ((str,), None),       # the environment variable holding their API key
+    "chat": ((bool,), False),            # /chat/completions instead of /completions
 }
 # Fields an LM stage on a pool takes from the pool, not from its own table.
-POOL_OWNED = ("engine", "model", "engine_args", "script", "script_args", "replicas")
+POOL_OWNED = ("engine", "model", "engine_args", "script", "script_args", "replicas",
+              "base_url", "api_key_env", "chat")
 
 # The kind whose stages may share an engine in a [[pool]] (its check_engine checks the pool).
 POOL_KIND = "lm"
@@ -97,6 +105,8 @@ class BrokerConfig:
     heartbeat_liveness: int
     request_timeout: float
     max_inflight: int
+    client_backlog_bytes: int = 64 * 1024 * 1024
+    client_backlog_answers: int = 200_000
 
 
 @dataclass(frozen=True)
@@ -160,6 +170,9 @@ class PoolConfig:
     stages: tuple[str, ...] = ()   # the LM stages that name this pool
     hosts: list[str] | None = None  # [[host]] names its members may run on
     gpus: int | None = None         # GPUs per member, when given
+    members: list[str] | None = None  # engine "openai": one remote server per member
+    api_key_env: str | None = None
+    chat: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -178,6 +191,7 @@ class Topology:
     hosts: tuple[HostConfig, ...] = ()      # [[host]]: where instances run (empty: this machine)
     security: SecurityConfig | None = None  # [security]: CURVE on every link
     http: HttpConfig | None = None          # [http]: the HTTP front door of `alto launch`
+    tracing: TracingConfig | None = None    # [tracing]: OpenTelemetry for every process (tracing_config.py)
 
     def pool(self, name: str) -> PoolConfig:
         for p in self.pools:
@@ -213,10 +227,10 @@ def parse(raw: dict[str, Any], *, source: str = "<topology>", check_handlers: bo
           base_dir: str | None = None) -> Topology:
     """Validate a topology given as a dict (what the TOML decodes to); ``base_dir`` is
     where its handler modules may also be found (``load`` gives the file's directory)."""
-    unknown = set(raw) - {"broker", "stage", "pool", "host", "security", "http"}
+    unknown = set(raw) - {"broker", "stage", "pool", "host", "security", "http", "tracing"}
     if unknown:
         raise TopologyError(f"{source}: unknown top-level table(s) {sorted(unknown)}; "
-                            "expected [broker], [http], [[pool]] and [[stage]]")
+                            "expected [broker], [http], [tracing], [[pool]] and [[stage]]")
     broker_raw = raw.get("broker", {})
     if not isinstance(broker_raw, dict):
         raise TopologyError(f"{source}: [broker] must be a table")
@@ -227,6 +241,8 @@ def parse(raw: dict[str, Any], *, source: str = "<topology>", check_handlers: bo
         raise TopologyError(f"{source}: [broker] heartbeat_interval must be > 0 and heartbeat_liveness >= 1")
     if broker.request_timeout <= 0 or broker.max_inflight < 1:
         raise TopologyError(f"{source}: [broker] request_timeout must be > 0 and max_inflight >= 1")
+    if broker.client_backlog_bytes < 1 or broker.client_backlog_answers < 1:
+        raise TopologyError(f"{source}: [broker] client_backlog_bytes and client_backlog_answers must be >= 1")
 
     stages_raw = raw.get("stage")
     if not isinstance(stages_raw, list) or not stages_raw:
@@ -248,7 +264,8 @@ def parse(raw: dict[str, Any], *, source: str = "<topology>", check_handlers: bo
         if not names:
             raise TopologyError(f"{source}: pool {name!r}: no LM stage names it (field 'pool' of an lm stage)")
     pools_out = tuple(_replace_pool(p, stages=users[p.name]) for p in pools.values())
-    return with_http(with_hosts(Topology(source=source, broker=broker, stages=chain, pools=pools_out), raw), raw)
+    topo = with_http(with_hosts(Topology(source=source, broker=broker, stages=chain, pools=pools_out), raw), raw)
+    return with_tracing(topo, raw)
 
 
 def _replace_pool(p: PoolConfig, **changes: Any) -> PoolConfig:
@@ -268,6 +285,7 @@ def _pool(raw: Any, index: int, source: str) -> PoolConfig:
         raise TopologyError(f"{label}: field 'replicas' must be >= 1, got {values['replicas']}")
     _address(values["inbox"], f"{label} field 'inbox'")
     stage_kind(POOL_KIND).check_engine(values, label)
+    _remote_members(raw, values, label)
     from alto_bus.scheduling import make_policy
 
     try:
@@ -277,6 +295,28 @@ def _pool(raw: Any, index: int, source: str) -> PoolConfig:
     except TypeError as exc:
         raise TopologyError(f"{label}: field 'policy_args': {exc}") from None
     return PoolConfig(**values)
+
+
+def _remote_members(raw: dict, values: dict[str, Any], label: str) -> None:
+    """A pool's ``members``: one member per remote server, so they say how many replicas
+    (check_engine has checked each URL)."""
+    members = values["members"]
+    if members is None:
+        return
+    if values["engine"] != "openai":
+        raise TopologyError(f"{label}: field 'members': remote members are OpenAI-compatible servers; "
+                            f"they need engine = \"openai\", not {values['engine']!r}")
+    if "replicas" in raw and raw["replicas"] != len(members):
+        raise TopologyError(f"{label}: field 'replicas': {raw['replicas']} disagrees with the "
+                            f"{len(members)} server(s) of field 'members' (one member each; leave "
+                            "'replicas' out)")
+    seen: set[str] = set()
+    for m in members:
+        key = m.rstrip("/")
+        if key in seen:
+            raise TopologyError(f"{label}: field 'members': {m!r} is listed twice (one member per server)")
+        seen.add(key)
+    values["replicas"] = len(members)
 
 
 def _fields(raw: dict, spec: dict, where: str) -> dict[str, Any]:
@@ -419,3 +459,4 @@ from alto_bus.deploy.hosts import (  # noqa: E402, F401
     with_hosts,
 )
 from alto_bus.deploy.http_config import HttpConfig, with_http  # noqa: E402, F401
+from alto_bus.deploy.tracing_config import TracingConfig, with_tracing  # noqa: E402, F401

@@ -322,6 +322,7 @@ class Guard(threading.Thread):
         self._monitors = 0
         self._logged: dict[tuple[str, str], list[float]] = {}   # (label, reason) -> [last, suppressed]
         self._lock2 = threading.Lock()
+        self._owed: tuple[bytes, bytes] | None = None  # the ZAP request not answered yet
 
     def domain(self, allowed: frozenset[bytes], label: str) -> str:
         """A ZAP domain whose peers must hold one of ``allowed``."""
@@ -361,7 +362,11 @@ class Guard(threading.Thread):
                         monitors[mon] = (label, server)
                         poller.register(mon, zmq.POLLIN)
                 if self.zap in events:
-                    self._answer()
+                    try:
+                        self._answer()
+                    except Exception:  # every CURVE handshake waits on the guard: it must carry on
+                        log.exception("the ZAP guard failed on a request; refusing it")
+                        self._reply_owed(b"500", b"internal error")
                 for mon in [m for m in monitors if m in events]:
                     if not self._monitor_event(mon, *monitors[mon]):
                         poller.unregister(mon)
@@ -381,6 +386,7 @@ class Guard(threading.Thread):
             log.warning("dropped a malformed ZAP request (%d frames)", len(frames))
             return
         version, request_id, domain, address, _identity, mechanism, *credentials = frames
+        self._owed = (version, request_id)  # a REP socket must answer before it reads again
         status, text = b"400", b"not allowed"
         entry = self.domains.get(domain.decode(errors="replace"))
         peer = address.decode(errors="replace") or "?"
@@ -397,7 +403,13 @@ class Guard(threading.Thread):
                 self.accepted[entry[1]] += 1
             else:
                 self._refuse(entry[1], peer, f"key {key.decode()} is not allowed")
-        self.zap.send_multipart([version, request_id, status, text, b"", b""])
+        self._reply_owed(status, text)
+
+    def _reply_owed(self, status: bytes, text: bytes) -> None:
+        if self._owed is not None:
+            version, request_id = self._owed
+            self._owed = None
+            self.zap.send_multipart([version, request_id, status, text, b"", b""])
 
     def _monitor_event(self, mon: zmq.Socket, label: str, server: bool) -> bool:
         try:

@@ -30,7 +30,7 @@ Three planes, one encoding (msgpack arrays, never dicts on the hot path):
       gateway -> client   RESULT  [0, cid, value]
                           FAILED  [1, cid, stage, message]
                           PARTIAL [2, cid, relpath, seq, payload, final]
-                          PONG    [3]
+                          PONG    [3, boot]      (boot: names this run of the gateway)
 
 * Control plane (worker DEALER <-> broker ROUTER): ``[VERSION, op, body]`` with ``op``
   a short string and ``body`` a map; it carries a few messages a second, so it favours

@@ -63,6 +63,9 @@ def snapshot(worker: Any) -> dict[str, Any]:
     if logic is not None:
         held.update(logic.held())
         body["depth"] = depth + logic.depth()
+        timing = getattr(logic, "handler_seconds", None)
+        if timing is not None:  # flat numbers in stats (runtime/handler_seconds.py)
+            body["stats"].update(timing.stats())
         prompt_stats = getattr(logic, "prompt_stats", None)
         if prompt_stats is not None:
             body["prompt"] = prompt_stats()

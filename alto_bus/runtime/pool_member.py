@@ -41,10 +41,12 @@ def pool_info(broker: str, pool: str, timeout: float, **sock_opts: Any) -> dict:
 
 
 class PoolMember:
-    def __init__(self, pool: str, broker: str, *, connect_timeout: float = 30.0, **worker_args: Any) -> None:
+    def __init__(self, pool: str, broker: str, *, connect_timeout: float = 30.0,
+                 member_index: int | None = None, **worker_args: Any) -> None:
         self.pool = pool
         self.broker = broker
         self.connect_timeout = connect_timeout
+        self.member_index = member_index   # which of the pool's remote ``members`` this one talks to
         self.worker_args = worker_args
         self.member = f"{worker_args.get('host') or socket.gethostname()}:{os.getpid()}"
         self.workers: list[Worker] = []
@@ -58,7 +60,12 @@ class PoolMember:
                                                                   **opts))
         pool = PoolConfig.from_dict(info["pool"])
         kind = stage_kind(POOL_KIND)
-        engine = kind.make_engine(pool.to_dict())
+        try:
+            engine = kind.make_engine(engine_fields(pool, self.member_index))
+        except WorkerError:
+            raise
+        except Exception as exc:   # e.g. its API key's variable is not set: one line, no traceback
+            raise WorkerError(f"pool {pool.name!r}: cannot make its engine: {exc}") from None
         build = kind.build
         await engine.start()
         try:
@@ -82,6 +89,18 @@ class PoolMember:
         self._stopping = True
         for w in self.workers:
             w.request_stop(drain)
+
+
+def engine_fields(pool: PoolConfig, member_index: int | None) -> dict[str, Any]:
+    """The fields this member's engine is made from: the pool's, and for a pool of remote
+    servers the index of the one this member talks to (member i: ``members[i]``)."""
+    fields = pool.to_dict()
+    if pool.members:
+        if member_index is None or not 0 <= member_index < len(pool.members):
+            raise WorkerError(f"pool {pool.name!r} lists {len(pool.members)} remote member(s) in field "
+                              f"'members': give --member-index 0..{len(pool.members) - 1}, got {member_index}")
+        fields["member_index"] = member_index
+    return fields
 
 
 def stage_names(info: dict) -> list[str]:

@@ -16,14 +16,18 @@ import asyncio
 import concurrent.futures
 import inspect
 import logging
+import time
 import types
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, Protocol
 
 from alto_bus.protocol.ancestry import GroupError
 from alto_bus.protocol.chunks import PENDING, Chunks
+from alto_bus.runtime.handler_seconds import BOUNDS, HandlerSeconds
 
 log = logging.getLogger("alto.stage")
+_clock = time.perf_counter
+FIRST_BOUND = BOUNDS[0]
 
 
 class Emitter(Protocol):
@@ -42,6 +46,7 @@ class StageLogic:
     """Base class: forwards markers, holds nothing. Subclasses override ``on_data``."""
 
     out: Emitter
+    handler_seconds: HandlerSeconds | None = None  # a kind that times its handler reports it (heartbeat)
 
     def bind(self, out: Emitter) -> None:
         self.out = out
@@ -95,6 +100,7 @@ class FunctionStage(StageLogic):
         self.is_async_gen = inspect.isasyncgenfunction(call)
         self.is_async = inspect.iscoroutinefunction(call)
         self._chunks = Chunks()
+        self.handler_seconds = HandlerSeconds()
         self._pool = (concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="alto-handler")
                       if threads and not (self.is_async or self.is_async_gen) else None)
 
@@ -113,17 +119,28 @@ class FunctionStage(StageLogic):
         elif self._pool is not None:
             self.out.spawn(path[0], self._run_in_thread(path, payload, epoch))
         else:
+            t0 = _clock()
             try:
                 result = self.fn(payload)
             except Exception as exc:
+                self.handler_seconds.observe(_clock() - t0)
                 self._fail(path, exc, epoch)
                 return
             if isinstance(result, types.GeneratorType):
                 self._fan_out(path, result, epoch)
             elif inspect.isawaitable(result):
-                self.out.spawn(path[0], self._await_result(path, result, epoch))
+                self.out.spawn(path[0], self._await_result(path, result, epoch, t0))
+                return
             else:
                 self._emit(path, result, epoch)
+            # The hot path of cheap handlers: a fast item is counted without a call or a search.
+            seconds = _clock() - t0
+            timing = self.handler_seconds
+            if seconds <= FIRST_BOUND:
+                timing.counts[0] += 1
+                timing.total += seconds
+            else:
+                timing.observe(seconds)
 
     def _emit(self, path: list, result: Any, epoch: int) -> None:
         if result is None:
@@ -137,22 +154,25 @@ class FunctionStage(StageLogic):
                 child(output)
 
     async def _run_async(self, path: list, payload: Any, epoch: int) -> None:
-        await self._settle(path, lambda: self.fn(payload), epoch)
+        await self._settle(path, lambda: self.fn(payload), epoch, _clock())
 
-    async def _await_result(self, path: list, awaitable: Awaitable[Any], epoch: int) -> None:
-        await self._settle(path, lambda: awaitable, epoch)
+    async def _await_result(self, path: list, awaitable: Awaitable[Any], epoch: int, t0: float) -> None:
+        await self._settle(path, lambda: awaitable, epoch, t0)
 
-    async def _settle(self, path: list, call: Callable[[], Awaitable[Any]], epoch: int) -> None:
+    async def _settle(self, path: list, call: Callable[[], Awaitable[Any]], epoch: int, t0: float) -> None:
         # ``call`` is inside the try: calling an async handler with the wrong arguments
         # raises there, and that is the handler's error, not the runtime's.
         try:
             result = await call()
         except Exception as exc:
+            self.handler_seconds.observe(_clock() - t0)
             self._fail(path, exc, epoch)
             return
+        self.handler_seconds.observe(_clock() - t0)
         self._emit(path, result, epoch)
 
     async def _run_in_thread(self, path: list, payload: Any, epoch: int) -> None:
+        t0 = _clock()
         loop = asyncio.get_running_loop()
         children = _Children(self, path, epoch)
 
@@ -167,19 +187,24 @@ class FunctionStage(StageLogic):
         try:
             result = await loop.run_in_executor(self._pool, work)
         except Exception as exc:
+            self.handler_seconds.observe(_clock() - t0)
             self._fail(path, exc, epoch)
             return
+        if not inspect.isawaitable(result):  # an awaitable is timed when it settles
+            self.handler_seconds.observe(_clock() - t0)
         if result is children:
             children.__exit__(None, None, None)
         elif inspect.isawaitable(result):
-            await self._await_result(path, result, epoch)
+            await self._await_result(path, result, epoch, t0)
         else:
             self._emit(path, result, epoch)
 
     async def _run_async_gen(self, path: list, payload: Any, epoch: int) -> None:
+        t0 = _clock()
         with _Children(self, path, epoch) as child:
             async for output in self.fn(payload):
                 child(output)
+        self.handler_seconds.observe(_clock() - t0)  # also after a failure (it is suppressed)
 
     def _fail(self, path: list, exc: Exception, epoch: int) -> None:
         log.warning("stage %s: handler raised on item %s: %s", self.out.stage, path, describe(exc),

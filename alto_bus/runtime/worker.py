@@ -43,6 +43,7 @@ from alto_bus.net.sockets import advertised, bound_address, make_socket
 from alto_bus.runtime.stage import FunctionStage, StageLogic, describe
 from alto_bus.deploy.topology import StageConfig, add_handler_dir
 from alto_bus.runtime.kinds import stage_kind
+from alto_bus.telemetry.stage_spans import traced
 
 log = logging.getLogger("alto.worker")
 
@@ -99,6 +100,7 @@ class Worker:
         self.address: str | None = None
         self.config: StageConfig | None = None
         self.logic: StageLogic | None = None
+        self.tracing: Any = None  # the spans of this stage's items (alto_bus.telemetry; None: off)
         self.stats = collections.Counter()
         self.routes = ConsumerRoutes.unbound(stage, self.rng)  # replaced when the broker names the consumers
         self._io: GraphIO | None = None  # forks, routes, merges, loops (None: a link of a chain)
@@ -177,7 +179,7 @@ class Worker:
             self.config = StageConfig.from_dict(welcome["config"])
             self.routes = ConsumerRoutes.from_welcome(self.stage, welcome, self.rng)
             self.outboxes.window = int(welcome.get("liveness", 4)) + 2
-            self.logic = self._build_logic(self.config)
+            self.logic, self.tracing = traced(self._build_logic(self.config), self)
             if needs_graph_io(self.config):  # after the logic: its handler directory is known
                 self._io = GraphIO(self.config, self._route_to, self.error)
             self.logic.bind(self)
@@ -251,10 +253,10 @@ class Worker:
         elif op == "loads":
             self.outboxes.rotate(body.get("ended", []))  # a heartbeat interval: a new generation
             self.routes.forget_requests(body.get("ended", []))
-            self._oldest_epoch = int(body.get("oldest", 0))
-            self.routes.apply_loads(body)
             if self._io is not None:
                 self._io.forget(body.get("ended", []))
+            self._oldest_epoch = int(body.get("oldest", 0))
+            self.routes.apply_loads(body)
             self._drop_gone()
         elif op == "left":
             self._left_epoch = self.routes.epoch  # that table came just before "left"
@@ -463,6 +465,8 @@ class Worker:
             kind = type(msg)
             try:
                 if kind is Data:
+                    if msg.trace is not None and self.tracing is not None:
+                        self.tracing.carried(msg)  # the request is traced: this item's span
                     logic.on_data(msg.path, msg.seq, msg.payload, msg.final, msg.epoch)
                 elif kind is End:
                     logic.on_end(msg.path, msg.n, msg.epoch)

@@ -40,9 +40,12 @@ class PoolScheduler:
     hit_rates: dict[str, float] = field(default_factory=dict)                    # member -> hit rate
     kv: dict[str, tuple[int, int]] = field(default_factory=dict)                 # member -> (capacity, used)
     decisions: deque = field(default_factory=lambda: deque(maxlen=50))
+    servers: tuple[str, ...] = ()         # engine "openai": the pool's remote members' base URLs
+    remote: dict[str, dict[str, Any]] = field(default_factory=dict)             # member -> its server
     _last: dict[tuple[str, str], _Counters] = field(default_factory=dict)
     _spills: dict[str, dict[str, int]] = field(default_factory=dict)
     _loads: dict[str, dict[str, int]] = field(default_factory=dict)                # member -> prompt -> depth
+    _running: dict[str, dict[str, int]] = field(default_factory=dict)              # member -> prompt -> in flight
 
     def __post_init__(self) -> None:
         self.policy = make_policy(self.policy_name, **self.policy_args)
@@ -55,6 +58,8 @@ class PoolScheduler:
         prev = self._last.get(key)
         self._last[key] = cur
         self._loads.setdefault(member, {})[prompt] = depth
+        self._running.setdefault(member, {})[prompt] = int(counters.get("running", 0))
+        self._note_server(member, counters)
         if member in self.member_loads:  # published every tick: a round-old load herds the senders
             self.member_loads[member] = sum(self._loads[member].values())
         if prev is None or cur.at <= prev.at:
@@ -75,6 +80,17 @@ class PoolScheduler:
         if counters.get("cache_queries"):
             self.hit_rates[member] = float(counters.get("cache_hits", 0)) / float(counters["cache_queries"])
 
+    def _note_server(self, member: str, counters: dict[str, Any]) -> None:
+        """A remote member's server: its URL, and its own running/waiting when it is vLLM."""
+        index = counters.get("member_index")
+        if index is None or not 0 <= int(index) < len(self.servers):
+            return
+        server: dict[str, Any] = {"url": self.servers[int(index)], "vllm": bool(counters.get("server_metrics"))}
+        if server["vllm"]:   # every client's requests, not only this pool's
+            server.update(running=int(counters.get("requests_running", 0)),
+                          waiting=int(counters.get("requests_waiting", 0)))
+        self.remote[member] = server
+
     def note_spills(self, spills: dict[str, dict[str, int]]) -> None:
         for prompt, by_member in spills.items():
             mine = self._spills.setdefault(prompt, {})
@@ -84,6 +100,9 @@ class PoolScheduler:
     def forget(self, member: str) -> None:
         self.figures.pop(member, None)
         self._loads.pop(member, None)
+        self._running.pop(member, None)
+        self.remote.pop(member, None)
+        self.hit_rates.pop(member, None)
         self.kv.pop(member, None)
         for key in [k for k in self._last if k[0] == member]:
             del self._last[key]
@@ -128,6 +147,11 @@ class PoolScheduler:
             "member_loads": dict(self.member_loads),
             "hit_rates": {m: round(v, 3) for m, v in self.hit_rates.items()},
             "kv": {m: {"capacity": c, "used": u} for m, (c, u) in self.kv.items()},
+            "in_flight": {m: sum(by_prompt.values()) for m, by_prompt in self._running.items()},
+            "servers": {m: dict(s) for m, s in self.remote.items()},
+            # sequences in the engine's batch / its queue, over the member's prompts
+            "running": {m: sum(f.running for f in by.values()) for m, by in self.figures.items()},
+            "waiting": {m: sum(f.queued for f in by.values()) for m, by in self.figures.items()},
             "decisions": list(self.decisions)[-10:],
             "held": dict(self.policy.held),
         }

@@ -6,6 +6,7 @@
     GET  /v1/status     the broker's status (what ``alto status --json`` prints)
     GET  /metrics       Prometheus text (alto_bus.service.metrics)
     GET  /healthz       {"ok": true} while this process serves
+    GET  /              the live dashboard (alto_bus.service.dashboard), fed by GET /v1/dashboard
 
 Errors are ``{"error": {"stage": ..., "message": ...}}`` with the status code of
 :func:`alto_bus.service.errors.classify`; the front door's own refusals (a body that is
@@ -35,8 +36,11 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from alto_bus.client import AsyncClient, RequestError
+from alto_bus.service.dashboard import Dashboard
+from alto_bus.service.dashboard_series import DashboardSeries
 from alto_bus.service.errors import HttpError, classify
 from alto_bus.service.metrics import FrontDoorMetrics
+from alto_bus.telemetry.carry import header_traceparent
 
 MAX_BODY = 16 * 1024 * 1024   # a request body larger than this is refused (413), unread
 MAX_TIMEOUT = 24 * 3600.0
@@ -106,6 +110,8 @@ class FrontDoor:
         self.curve = curve
         self.client: AsyncClient | None = None
         self.metrics = FrontDoorMetrics(self.status if control else None)
+        self.on_client_failure: Any = None  # called if the gateway client's I/O thread dies (http_server)
+        self.series = DashboardSeries()  # the dashboard's window (event loop only)
 
     def status(self) -> dict[str, Any] | None:
         """The broker's status, or None when it does not answer in time (blocking: a thread)."""
@@ -123,8 +129,10 @@ class FrontDoor:
 class Serve:
     """Answers one admitted request over ASGI; the caller going away cancels it."""
 
-    def __init__(self, door: FrontDoor, payload: Any, stream: bool, timeout: float, t0: float) -> None:
+    def __init__(self, door: FrontDoor, payload: Any, stream: bool, timeout: float, t0: float,
+                 traceparent: str | None = None) -> None:
         self.door, self.payload, self.stream, self.timeout, self.t0 = door, payload, stream, timeout, t0
+        self.traceparent = traceparent  # the caller's W3C trace context: the request's trace joins it
         self.answered = False  # the last byte of the answer is being sent
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -150,7 +158,7 @@ class Serve:
         assert self.door.client is not None
         self.door.metrics.admitted.inc()
         try:
-            result = await self.door.client.submit(self.payload, timeout=self.timeout)
+            result = await self.door.client.submit(self.payload, timeout=self.timeout, traceparent=self.traceparent)
         except RequestError as exc:
             return await self._error(send, exc.stage, exc.message, classify(exc.stage, exc.message))
         except TypeError as exc:  # msgpack cannot carry it (an integer beyond 64 bits, ...)
@@ -167,9 +175,11 @@ class Serve:
         assert self.door.client is not None
         self.door.metrics.admitted.inc()
         try:
-            s = self.door.client.open_stream(self.payload, timeout=self.timeout)
+            s = self.door.client.open_stream(self.payload, timeout=self.timeout, traceparent=self.traceparent)
         except TypeError as exc:
             return await self._error(send, "http", f"field 'input': {exc}", HttpError(422, "bad_request"))
+        except RequestError as exc:  # refused at once (the client's I/O thread is gone)
+            return await self._error(send, exc.stage, exc.message, classify(exc.stage, exc.message))
         started = False
         try:
             async for part in s:
@@ -199,7 +209,9 @@ class Serve:
     def _completed(self) -> None:
         self.answered = True
         self.door.metrics.completed.inc()
-        self.door.metrics.e2e.observe(time.monotonic() - self.t0)
+        now = time.monotonic()
+        self.door.metrics.e2e.observe(now - self.t0)
+        self.door.series.latencies.add(now, now - self.t0)
 
     async def _error(self, send: Send, stage: str, message: str, err: HttpError) -> None:
         self.answered = True
@@ -284,7 +296,8 @@ class FrontDoorApp:
             return await _send(send, exc.status, error_body("http", exc.message), "application/json")
         except _Gone:
             return  # nobody is left to answer
-        await Serve(door, payload, stream, timeout, t0)(scope, receive, send)
+        trace = header_traceparent(headers.get(b"traceparent"))
+        await Serve(door, payload, stream, timeout, t0, trace)(scope, receive, send)
 
 
 def create_app(door: FrontDoor) -> FrontDoorApp:
@@ -312,17 +325,22 @@ def create_app(door: FrontDoor) -> FrontDoorApp:
     async def unexpected(request: Request, exc: Exception) -> Response:
         return json_response(500, error_body("http", f"{type(exc).__name__}: {exc}"))
 
+    dashboard = Dashboard(door.status, door.series)
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        door.client = AsyncClient(door.gateway, timeout=door.timeout, curve=door.curve)
+        door.client = AsyncClient(door.gateway, timeout=door.timeout, curve=door.curve,
+                                  on_failure=door.on_client_failure)
+        dashboard.start()
         try:
             yield
         finally:
+            await dashboard.stop()
             await door.client.close()
 
     routes = [Route("/v1/status", get_status, methods=["GET"]),
               Route("/metrics", get_metrics, methods=["GET"]),
-              Route("/healthz", healthz, methods=["GET"])]
+              Route("/healthz", healthz, methods=["GET"]), *dashboard.routes(dumps)]
     rest = Starlette(routes=routes, lifespan=lifespan,
                      exception_handlers={HTTPException: http_error, Exception: unexpected})
     return FrontDoorApp(door, rest)

@@ -8,6 +8,7 @@ launcher's supervisor, which reads the ``--announce`` line and prints ``http htt
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import sys
@@ -19,6 +20,8 @@ import uvicorn
 from alto_bus.deploy.http_config import parse_listen
 from alto_bus.service.http_app import FrontDoor, create_app
 
+log = logging.getLogger("alto.http")
+
 
 class _Server(uvicorn.Server):
     """uvicorn that calls ``on_ready`` once it accepts connections (not merely bound)."""
@@ -26,6 +29,14 @@ class _Server(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, on_ready: Callable[[], None]) -> None:
         super().__init__(config)
         self.on_ready = on_ready
+        self.failure: str | None = None  # why the front door cannot serve any more
+
+    def fail(self, why: str) -> None:
+        """The gateway client died (any thread): stop serving; the process exits 1, so its
+        supervisor sees it, rather than answering every request with the same error."""
+        log.critical("http: %s; stopping", why)
+        self.failure = why
+        self.should_exit = True  # uvicorn's main loop checks it every 0.1 s
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
@@ -51,7 +62,8 @@ def bind(listen: str) -> tuple[socket.socket, str]:
 
 def serve(gateway: str, control: str | None, listen: str, *, timeout: float = 30.0, curve: Any = None,
           announce: bool = False) -> int:
-    """Serve until SIGTERM/SIGINT; the exit code (1 when ``listen`` cannot be bound)."""
+    """Serve until SIGTERM/SIGINT; the exit code: 1 when ``listen`` cannot be bound or the
+    gateway client's I/O thread dies, 3 when the app cannot start (a bad gateway address)."""
     try:
         sock, url = bind(listen)
     except (OSError, ValueError) as exc:
@@ -63,10 +75,13 @@ def serve(gateway: str, control: str | None, listen: str, *, timeout: float = 30
         if announce:  # nothing else may go to the supervisor's pipe (it is not read again)
             os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
 
-    app = create_app(FrontDoor(gateway, control, timeout=timeout, curve=curve))
+    door = FrontDoor(gateway, control, timeout=timeout, curve=curve)
+    app = create_app(door)
     # log_config=None: our logging (stderr); no access log: one line per request is the
     # metrics' job, and it costs a third of the request rate.
     config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on",
                             timeout_graceful_shutdown=5, server_header=False)
-    _Server(config, ready).run(sockets=[sock])
-    return 0
+    server = _Server(config, ready)
+    door.on_client_failure = server.fail
+    server.run(sockets=[sock])  # an app that cannot start ends the process with code 3 (uvicorn)
+    return 1 if server.failure else 0

@@ -6,7 +6,8 @@ Two sources, one registry of its own (never the process-global one):
   reason, in flight, end-to-end latency and time to the first partial;
 * what the broker knows, read from its status (``StatusProbe``) at scrape time by a
   custom collector: gateway counts, per stage and instance queue depth and message
-  counts, per pool member load, KV-cache usage and prefix-cache hit rate.
+  counts, handler latency histograms, per pool member load, KV-cache usage, prefix-cache
+  hit rate, running and waiting sequences.
 """
 
 from __future__ import annotations
@@ -16,8 +17,11 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
+
+from alto_bus.runtime.handler_seconds import read_buckets
 
 log = logging.getLogger("alto.http")
 
@@ -117,6 +121,9 @@ def _stages(stages: dict[str, Any]) -> Iterator[Metric]:
                                  labels=["stage", "instance"])
     counters = {key: CounterMetricFamily(name, doc, labels=["stage", "instance"])
                 for key, name, doc in INSTANCE_COUNTERS}
+    handler = HistogramMetricFamily("alto_stage_handler_seconds", "Time a stage's handler took per item "
+                                    "(a function's call, an LM stage's generation; from the instance's heartbeat).",
+                                    labels=["stage", "instance"])
     for stage, st in stages.items():
         insts = st.get("instances", [])
         replicas.add_metric([stage], _num(st.get("replicas")))
@@ -128,7 +135,11 @@ def _stages(stages: dict[str, Any]) -> Iterator[Metric]:
             stats = i.get("stats") or {}
             for key, c in counters.items():
                 c.add_metric(labels, _num(stats.get(key)))
-    yield from (replicas, live, depth, draining, *counters.values())
+            timing = read_buckets(stats)
+            if timing is not None:
+                pairs, _, total = timing
+                handler.add_metric(labels, [(floatToGoString(b), n) for b, n in pairs], total)
+    yield from (replicas, live, depth, draining, *counters.values(), handler)
 
 
 def _pools(pools: dict[str, Any]) -> Iterator[Metric]:
@@ -144,6 +155,10 @@ def _pools(pools: dict[str, Any]) -> Iterator[Metric]:
                                labels=["pool", "prompt"])
     placed = GaugeMetricFamily("alto_pool_prompt_instances", "Members a prompt is placed on.",
                                labels=["pool", "prompt"])
+    running = GaugeMetricFamily("alto_pool_num_requests_running", "Sequences in a pool member's engine batch "
+                                "(over its prompts).", labels=["pool", "instance"])
+    waiting = GaugeMetricFamily("alto_pool_num_requests_waiting", "Sequences queued at a pool member's engine "
+                                "(over its prompts).", labels=["pool", "instance"])
     for name, p in pools.items():
         for member, value in (p.get("member_loads") or {}).items():
             load.add_metric([name, member], _num(value))
@@ -158,4 +173,8 @@ def _pools(pools: dict[str, Any]) -> Iterator[Metric]:
             demand.add_metric([name, prompt], _num(tps))
         for prompt, members in (p.get("placement") or {}).items():
             placed.add_metric([name, prompt], float(len(members)))
-    yield from (load, kv_usage, kv_capacity, hits, demand, placed)
+        for member, n in (p.get("running") or {}).items():
+            running.add_metric([name, member], _num(n))
+        for member, n in (p.get("waiting") or {}).items():
+            waiting.add_metric([name, member], _num(n))
+    yield from (load, kv_usage, kv_capacity, hits, demand, placed, running, waiting)

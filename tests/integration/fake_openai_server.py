@@ -10,6 +10,9 @@ The prompt (or the chat message) names what the server does with the request:
 - ``429-once`` / ``503-once``: that status (``Retry-After: 0``) the first time, then ``normal``;
 - ``429-always``, ``500``, ``400``: that status with an OpenAI-style error body.
 
+``fail_with`` (set by a test) makes every request that scenario instead, whatever its
+prompt: one member of a pool of fake servers can fail while the others serve.
+
 It runs uvicorn in a daemon thread on a socket bound before the thread starts, so it
 accepts connections at once (no start-up wait). Everything it sees is recorded.
 """
@@ -63,6 +66,7 @@ logging.getLogger("uvicorn.error").addFilter(_QuietBroken())
 class FakeOpenAIServer:
     def __init__(self, metrics: str | None = VLLM_METRICS) -> None:
         self.metrics = metrics          # None: /metrics is 404 (not a vLLM server)
+        self.fail_with: str | None = None   # a scenario every request gets instead of its own
         self.requests: list[dict[str, Any]] = []   # body + path + authorization of each request
         self.events: list[tuple[str, str]] = []    # (what, scenario) in the order they happened
         self._cond = threading.Condition()
@@ -130,6 +134,7 @@ class FakeOpenAIServer:
         scenario = body["messages"][-1]["content"] if chat else body["prompt"]
         self.requests.append({**body, "path": request.url.path,
                               "authorization": request.headers.get("authorization")})
+        scenario = self.fail_with or scenario
         n = self._counts[scenario] = self._counts.get(scenario, 0) + 1
         self._record("request", scenario)
         status = {"429-once": 429 if n == 1 else None, "503-once": 503 if n == 1 else None,

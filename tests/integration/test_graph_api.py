@@ -26,8 +26,20 @@ EXAMPLES = ROOT / "topology" / "examples"
 TEXTS = ["to be or not", "", "a bb ccc dddd", "x", "one two three four five six"]
 
 
+_BEFORE: set[int] = set()
+
+
+@pytest.fixture(autouse=True)
+def _threads_before():
+    # Threads other tests of this process left (a client they did not close) are not ours.
+    _BEFORE.clear()
+    _BEFORE.update(t.ident for t in threading.enumerate())
+    yield
+
+
 def alto_threads() -> list[str]:
-    return [t.name for t in threading.enumerate() if t.name.startswith("alto-")]
+    """alto threads started since this test began and still alive."""
+    return [t.name for t in threading.enumerate() if t.name.startswith("alto-") and t.ident not in _BEFORE]
 
 
 def diamond_in_python() -> Graph:

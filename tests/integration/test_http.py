@@ -67,8 +67,8 @@ class Launched:
             self.lines.append(line.decode())
         self.printed = dict(line.split(" ", 1) for line in self.lines if line.split(" ")[0] in
                             ("gateway", "control", "http"))
-        self.url = self.printed["http"]
-        self.http = httpx.Client(base_url=self.url, timeout=30.0)
+        self.url = self.printed.get("http")  # None: launched without the front door
+        self.http = httpx.Client(base_url=self.url or "", timeout=30.0)
 
     def status(self) -> dict:
         r = self.http.get("/v1/status")

@@ -275,8 +275,8 @@ def test_openai_fields_are_refused_on_other_engines():
         check_engine({"engine": "sim", "base_url": "http://127.0.0.1:1/v1"}, "stage 'gen'", TopologyError)
 
 
-def test_pool_fields_with_remote_members_are_ready_for_pools():
-    # Pools do not take 'members' yet (alto_bus/deploy/topology.py); the engine side is ready.
+def test_a_pool_member_talks_to_its_own_server():
+    # The pool's topology and processes: tests/unit/test_pool_members.py, test_remote_pool.py.
     pool = {"name": "llm", "engine": "openai", "model": "tiny", "policy": "prompt-aware",
             "members": ["http://127.0.0.1:8001/v1", "http://127.0.0.2:8001/v1"],
             "engine_args": {"metrics_interval": 0}}

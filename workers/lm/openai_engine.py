@@ -99,6 +99,7 @@ class OpenAIEngine:
         self._server: ServerFigures | None = None   # the last /metrics figures
         self._poller: asyncio.Task | None = None
         self.is_vllm: bool | None = None             # unknown until /metrics answers
+        self.member_index: int | None = None         # a pool's remote member: its index in 'members'
 
     async def start(self) -> None:
         if self._client is not None:
@@ -421,10 +422,12 @@ def check_openai_fields(fields: dict, label: str, error: Callable[[str], Excepti
     A pool lists its remote servers in ``members`` (one pool member each); a stage names
     one in ``base_url``."""
     members = fields.get("members")
-    if "policy" in fields and not members:   # only pools have a policy
+    if fields.get("pool"):   # an LM stage on a pool: the pool's table names the servers
+        return
+    if "policy" in fields and members is None:   # only pools have a policy
         raise error(f"{label}: field 'engine': a [[pool]] with engine 'openai' needs field 'members' "
-                    "(its servers' base URLs), which pools do not take yet; give 'openai' to an lm "
-                    "stage without a pool")
+                    "(its servers' base URLs, one member each), e.g. "
+                    "members = [\"http://10.0.0.5:8000/v1\", \"http://10.0.0.6:8000/v1\"]")
     if members is not None:
         if not isinstance(members, list) or not members or not all(isinstance(m, str) for m in members):
             raise error(f"{label}: field 'members': must be a non-empty list of base URLs, got {members!r}")
@@ -474,6 +477,9 @@ def make_openai_engine(fields: dict, label: str) -> OpenAIEngine:
                               f"{len(members)} member(s) of field 'members'")
         url = members[index]
         label = f"{label} member {index} ({url})"
-    return OpenAIEngine(url, fields["model"], label=label, api_key=api_key,
-                        chat=bool(fields.get("chat")),
-                        options=ClientOptions.from_dict(fields.get("engine_args") or {}))
+    engine = OpenAIEngine(url, fields["model"], label=label, api_key=api_key,
+                          chat=bool(fields.get("chat")),
+                          options=ClientOptions.from_dict(fields.get("engine_args") or {}))
+    if members:
+        engine.member_index = fields["member_index"]   # reported, so the broker can name its server
+    return engine

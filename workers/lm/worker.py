@@ -15,12 +15,15 @@ import asyncio
 import json
 import logging
 import os
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from alto_bus.runtime.stage import StageLogic, describe
 from alto_bus.deploy.topology import StageConfig, TopologyError, import_object
+from alto_bus.runtime.handler_seconds import HandlerSeconds
 from alto_bus.runtime.kinds import StageKind
+from alto_bus.telemetry.stage_spans import note_generation
 from alto_workers.lm.engine import Engine, SamplingParams
 from alto_workers.lm.splitters import SplitterError, make_splitter
 
@@ -100,6 +103,7 @@ class LMStage(StageLogic):
         self.fans_out = emit != "text"
         make_splitter(emit if emit != "text" else "tokens")  # refuse an unknown emit now
         self._running: dict[int, set[str]] = {}  # rid -> engine request ids
+        self.handler_seconds = HandlerSeconds()   # each generation, submitted to last output (heartbeat)
 
     async def start(self) -> None:
         if self.owns_engine:
@@ -130,9 +134,9 @@ class LMStage(StageLogic):
         request_id = f"{self.prompt_name}:{'.'.join(map(str, path))}"
         rid = path[0]
         self._running.setdefault(rid, set()).add(request_id)
+        started = time.perf_counter()
         splitter = make_splitter("tokens" if self.emit == "text" else self.emit)
-        n = 0
-        seq = 0
+        n = seq = tokens = 0
         whole: list[str] = []
         # Text streams as chunks of one item, unless the item must carry its input along.
         chunked = self.stream and self.emit == "text" and self.output_field is None
@@ -141,6 +145,7 @@ class LMStage(StageLogic):
                                                   prompt_name=self.prompt_name, script_key=key):
                 if out.finish_reason == "abort":
                     return
+                tokens += len(out.token_ids)
                 if self.emit == "tokens":  # one item per token batch, with its ids
                     if out.token_ids or out.text:
                         batch = {"text": out.text, "token_ids": list(out.token_ids)}
@@ -161,6 +166,8 @@ class LMStage(StageLogic):
                     for piece in splitter.feed(out.text):
                         self.out.data([*path, n], 0, self._item(item, piece), True, epoch)
                         n += 1
+            note_generation(self.out, path, **{"gen_ai.usage.output_tokens": tokens,  # traced: on its span
+                            "gen_ai.response.model": getattr(self.engine, "model", None)})
             if self.emit == "text":
                 if chunked:
                     self.out.data(path, seq, "", True, epoch)
@@ -181,6 +188,7 @@ class LMStage(StageLogic):
         except Exception as exc:
             self.out.error(path, f"engine failed: {describe(exc)}", epoch)
         finally:
+            self.handler_seconds.observe(time.perf_counter() - started)
             ids = self._running.get(rid)
             if ids is not None:
                 ids.discard(request_id)
@@ -214,7 +222,11 @@ class LMStage(StageLogic):
         st = self.engine.stats()
         p = st.prompts.get(self.prompt_name)
         out: dict[str, Any] = {"cache_queries": st.cache_queries, "cache_hits": st.cache_hits,
-                               "kv_capacity": st.kv_capacity_tokens, "kv_used": st.kv_used_tokens}
+                               "kv_capacity": st.kv_capacity_tokens, "kv_used": st.kv_used_tokens,
+                               "requests_running": st.requests_running, "requests_waiting": st.requests_waiting}
+        member_index = getattr(self.engine, "member_index", None)   # a pool's remote member
+        if member_index is not None:   # is it vLLM (its /metrics answered)? then the figures are its own
+            out.update(member_index=member_index, server_metrics=int(bool(getattr(self.engine, "is_vllm", False))))
         if p is not None:
             out.update(prefill_tokens=p.prefill_tokens, cached_tokens=p.cached_tokens,
                        decode_tokens=p.decode_tokens, running=p.running, waiting=p.waiting)
