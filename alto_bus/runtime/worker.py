@@ -33,6 +33,7 @@ from alto_bus.protocol import wire
 from alto_bus.protocol.bad_frames import BadFrames
 from alto_bus.protocol.messages import Data, Drop, End, Error, Message
 from alto_bus.runtime.control_link import ControlLink
+from alto_bus.runtime.embedding import Embedded, WorkerError  # noqa: F401  (WorkerError: part of this module's interface)
 from alto_bus.runtime.heartbeat import HeartbeatBoard, snapshot
 from alto_bus.routing.consumer_routes import ConsumerRoutes
 from alto_bus.routing.route_table import GATEWAY, PARK, Fail
@@ -54,11 +55,7 @@ CANCELLED_MEMORY = 100_000
 PARKED_MEMORY = 100_000
 
 
-class WorkerError(RuntimeError):
-    """The worker could not join or keep its place in the topology."""
-
-
-class Worker:
+class Worker(Embedded):
     """One instance of a stage. Embed it in a process, or let ``alto worker`` run it.
 
     ``handler`` is a callable (see :class:`~alto_bus.runtime.stage.FunctionStage`) or a
@@ -126,44 +123,6 @@ class Worker:
         self._inflight_total = 0
         self._flush_handle: asyncio.TimerHandle | None = None
 
-    # -- embedding API -----------------------------------------------------------------
-
-    def start(self, timeout: float | None = None) -> Worker:
-        """Run in a background thread; returns once registered (raises WorkerError if not)."""
-        self._thread = threading.Thread(target=self._thread_main, name=f"alto-worker-{self.stage}", daemon=True)
-        self._thread.start()
-        if not self._started.wait(timeout or self.connect_timeout + 5):
-            raise WorkerError(f"worker for stage {self.stage!r} did not register within the timeout")
-        if self._start_error is not None:
-            self._thread.join(5)
-            raise self._start_error
-        return self
-
-    def stop(self, timeout: float | None = None) -> None:
-        """Leave the topology gracefully (drain), then return. For ``start()`` workers."""
-        self.request_stop()
-        if self._thread is not None:
-            self._thread.join(timeout or self.drain_timeout + 5)
-            if self._thread.is_alive():
-                raise WorkerError(f"worker for stage {self.stage!r} did not stop in time")
-
-    def request_stop(self, drain: bool = True) -> None:
-        """Ask the worker to stop (thread-safe): drain first, or stop now."""
-        loop = self._loop
-        if loop is None or loop.is_closed():
-            return
-        try:
-            loop.call_soon_threadsafe(self._begin_stop, drain)
-        except RuntimeError:
-            pass  # the loop already stopped
-
-    def _thread_main(self) -> None:
-        try:
-            asyncio.run(self.run())
-        except BaseException as exc:  # before registration run() reports it to start()
-            if self._start_error is None:
-                log.error("worker for stage %s stopped with an error: %s", self.stage, describe(exc))
-
     async def run(self) -> None:
         """Join the topology and serve until stopped (``request_stop`` or the broker)."""
         self._loop = asyncio.get_running_loop()
@@ -207,15 +166,6 @@ class Worker:
             raise
         finally:
             await self._close(inbox)
-
-    async def wait_registered(self, timeout: float | None = None) -> None:
-        """For ``run()`` in the host's loop: returns once registered, raises if joining failed."""
-        loop = asyncio.get_running_loop()
-        ok = await loop.run_in_executor(None, self._started.wait, timeout or self.connect_timeout + 5)
-        if not ok:
-            raise WorkerError(f"worker for stage {self.stage!r} did not register in time")
-        if self._start_error is not None:
-            raise self._start_error
 
     @property
     def loads(self) -> Any:
