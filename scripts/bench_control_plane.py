@@ -54,7 +54,7 @@ def sim_instances(control: str, stages: list[str], seconds: float, out: mp.Queue
                   victim: bool) -> None:
     """Run len(stages) simulated instances for ``seconds``; report what they received."""
     ctx = zmq.Context()
-    socks, iids, epochs = [], {}, {}
+    socks, iids = [], {}
     poller = zmq.Poller()
     for k, stage in enumerate(stages):
         s = ctx.socket(zmq.DEALER)
