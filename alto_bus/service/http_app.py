@@ -13,7 +13,8 @@ Errors are ``{"error": {"stage": ..., "message": ...}}`` with the status code of
 not JSON, a wrong field) name the stage ``"http"``. A streamed request that fails
 before its first partial gets its error status; after that the stream is already
 ``200``, so an ``{"error": ...}`` event ends it instead. A caller that disconnects
-cancels its request at the gateway (the workers drop its work, LM generations abort).
+cancels its request at the gateway (the workers drop its work, LM generations abort);
+a request watches for that from ``WATCH_AFTER`` into it (most end sooner).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ MAX_BODY = 16 * 1024 * 1024   # a request body larger than this is refused (413)
 MAX_TIMEOUT = 24 * 3600.0
 BODY_FIELDS = ("input", "stream", "timeout")
 STATUS_TIMEOUT = 2.0          # how long /v1/status and a scrape wait for the broker
+WATCH_AFTER = 0.02            # a request still running after this many seconds watches for its caller leaving
 
 
 class BadBody(Exception):
@@ -57,13 +59,19 @@ class BadBody(Exception):
         self.message = message
 
 
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+# Made once: json.loads/json.dumps with any option build a new decoder/encoder per call.
+_DECODER = json.JSONDecoder(parse_constant=_no_constant)
+_ENCODER = json.JSONEncoder(default=repr, separators=(",", ":"))
+
+
 def parse_body(raw: bytes, accept: str, default_timeout: float) -> tuple[Any, bool, float]:
     """(input, stream, timeout) of a POST /v1/requests body; BadBody says what is wrong."""
-    def no_constant(name: str) -> None:
-        raise ValueError(f"{name} is not JSON")
-
     try:
-        body = json.loads(raw, parse_constant=no_constant)
+        body = _DECODER.decode(raw.decode(json.detect_encoding(raw), "surrogatepass"))  # as json.loads
     except RecursionError:
         raise BadBody(400, "the body is not JSON: nested too deeply") from None
     except ValueError as exc:  # JSONDecodeError, bad UTF-8, NaN
@@ -88,7 +96,7 @@ def parse_body(raw: bytes, accept: str, default_timeout: float) -> tuple[Any, bo
 
 def dumps(obj: Any) -> bytes:
     """JSON of a result or event; values JSON has no type for (bytes) as their repr, like ``alto submit``."""
-    return json.dumps(obj, default=repr, separators=(",", ":")).encode()
+    return _ENCODER.encode(obj).encode()
 
 
 def error_body(stage: str, message: str) -> bytes:
@@ -112,6 +120,7 @@ class FrontDoor:
         self.metrics = FrontDoorMetrics(self.status if control else None)
         self.on_client_failure: Any = None  # called if the gateway client's I/O thread dies (http_server)
         self.series = DashboardSeries()  # the dashboard's window (event loop only)
+        self.loop: asyncio.AbstractEventLoop | None = None  # the server's, from its lifespan
 
     def status(self) -> dict[str, Any] | None:
         """The broker's status, or None when it does not answer in time (blocking: a thread)."""
@@ -138,21 +147,44 @@ class Serve:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         m = self.door.metrics
         m.in_flight.inc()
-        work = asyncio.ensure_future(self._stream(send) if self.stream else self._once(send))
-        gone = asyncio.ensure_future(_disconnected(receive))
-        # The caller leaving cancels the work, which cancels the request at the gateway
-        # (a no-op once the work is done: the server reports a disconnect after the answer too).
-        gone.add_done_callback(lambda _: work.cancel())
+        # The work runs in this task. A request still running after WATCH_AFTER starts a
+        # watcher task that waits for the caller to leave and then cancels this one, which
+        # cancels the request at the gateway. (Most requests end sooner and never pay for
+        # a second task: it would cost about a tenth of the front door's work on one.)
+        task = asyncio.current_task(self.door.loop)  # the loop given: no lookup (a getpid() each)
+        assert task is not None
+        loop = task.get_loop()
+        gone: asyncio.Task | None = None
+        left = served = False
+
+        def on_gone(watcher: asyncio.Task) -> None:
+            nonlocal left
+            # The server reports a disconnect after the answer too: only one before it counts.
+            if not watcher.cancelled() and not served:
+                left = True
+                task.cancel()
+
+        def watch() -> None:
+            nonlocal gone
+            if not served:
+                gone = loop.create_task(_disconnected(receive))
+                gone.add_done_callback(on_gone)
+
+        timer = loop.call_later(WATCH_AFTER, watch)
         try:
-            await work
+            await (self._stream(send) if self.stream else self._once(send))
         except asyncio.CancelledError:
-            if not (gone.done() and not gone.cancelled()):
+            if not left:
                 raise  # we were cancelled ourselves (server shutdown)
+            _uncancel(task)
             if not self.answered:
                 self.door.failed("cancelled")
         finally:
+            served = True
             m.in_flight.dec()
-            gone.cancel()
+            timer.cancel()
+            if gone is not None:
+                gone.cancel()
 
     async def _once(self, send: Send) -> None:
         assert self.door.client is not None
@@ -217,6 +249,13 @@ class Serve:
         self.answered = True
         self.door.failed(err.reason)
         await _send(send, err.status, error_body(stage, message), "application/json", err.headers())
+
+
+def _uncancel(task: asyncio.Task) -> None:
+    """Count the cancel a caller's disconnect asked for as handled (asyncio.timeout and
+    TaskGroup read a task with cancels pending as one being cancelled)."""
+    if hasattr(task, "uncancel"):  # Python 3.11+
+        task.uncancel()
 
 
 def _event(obj: Any) -> bytes:
@@ -329,6 +368,7 @@ def create_app(door: FrontDoor) -> FrontDoorApp:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        door.loop = asyncio.get_running_loop()
         door.client = AsyncClient(door.gateway, timeout=door.timeout, curve=door.curve,
                                   on_failure=door.on_client_failure)
         dashboard.start()
