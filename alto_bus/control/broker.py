@@ -30,14 +30,16 @@ from alto_bus.protocol import control_bodies, wire
 from alto_bus.protocol.messages import Data, Submit
 from alto_bus.control.request_book import ClientOut, Gateway
 from alto_bus.control.gateway import GatewaySockets
-from alto_bus.control.load_reports import FULL_EVERY, LoadReports
+from alto_bus.control.load_reports import LoadReports
 from alto_bus.control.pool_setup import make_pools
 from alto_bus.control.socket_drain import BadFrames, drain_routed
 from alto_bus.control.failure_ledger import Departure, Failure, FailureLedger
+from alto_bus.control.broker_publishing import ENTRY_BACKLOG_FRAMES, BrokerPublishing
+from alto_bus.control.broker_retries import BrokerRetries
 from alto_bus.control.membership import Instance, Membership
+from alto_bus.control.table_reports import TableReports
 from alto_bus.routing.choice import LoadView
 from alto_bus.routing.route_table import choose_instance
-from alto_bus.routing.sent_ids import SentIds
 from alto_bus.routing.pool_route import PoolRoute
 from alto_bus.scheduling import make_policy
 from alto_bus.net.sockets import advertised, bound_address, make_socket
@@ -49,23 +51,7 @@ log = logging.getLogger("alto.broker")
 MAX_HELD_REPORT = 100_000
 
 
-class EntryLink:
-    """The gateway's PUSH to one entry-stage instance, with its coalescing batch."""
-
-    def __init__(self, sock: zmq.Socket, stage: str) -> None:
-        self.sock = sock
-        self.batch = wire.FrameBuilder(stage)
-        self.backlog: list[bytes] = []
-        # Requests sent there: since its last heartbeat, and in the interval before (that
-        # heartbeat may predate them); then "older" (see alto_bus.routing.sent_ids).
-        self.sent = SentIds(window=2)
-
-
-# Frames parked on an entry link before the gateway refuses new requests for it.
-ENTRY_BACKLOG_FRAMES = 64
-
-
-class Broker:
+class Broker(BrokerPublishing, BrokerRetries):
     def __init__(self, topology: Topology, *, ctx: zmq.Context | None = None, id_base: int = 0) -> None:
         self.topology = topology
         cfg = topology.broker
@@ -79,7 +65,10 @@ class Broker:
         self.pool_of = {s: p.name for p in topology.pools for s in p.stages}
         # Each stage's instances get the loads of the stages they feed, as they change.
         self.load_reports = LoadReports({s.name: s.consumers for s in topology.stages}, self.pool_of,
-                                        int(os.environ.get("ALTO_LOADS_FULL_EVERY", FULL_EVERY)))  # 1: a benchmark's reference
+                                        cfg.loads_full_every)
+        # Each stage's instances get its view of the routing table, whole or as changes.
+        self.table_reports = TableReports({s.name: s.consumers for s in topology.stages})
+        self._init_publishing()  # tables, entry links (alto_bus/control/broker_publishing.py)
         self.pools = make_pools(topology)
         self._next_round = 0.0
         # An entry stage on a pool is routed by the pool's policy, like any other prompt
@@ -95,10 +84,10 @@ class Broker:
         self.host = socket.gethostname()
         self.bad = BadFrames(log)
         self.stopping = False
-        self.entries: dict[int, EntryLink] = {}
         self.curve = keys.topology_curve(topology, "broker")  # [security]: CURVE on every socket; None: plain
         # Instances retired, suspected or gone, and what each leaves to settle.
         self.ledger = FailureLedger(cfg.heartbeat_interval * cfg.heartbeat_liveness)
+        self._init_retries(topology)  # stages with retries (alto_bus/control/broker_retries.py)
         self.control = make_socket(self.ctx, zmq.ROUTER, bind=cfg.control,
                                    options={zmq.ROUTER_MANDATORY: 1},
                                    curve=self.curve and self.curve.server("broker control"))
@@ -111,7 +100,7 @@ class Broker:
     # -- the loop ----------------------------------------------------------------------
 
     def serve(self) -> None:
-        poller = zmq.Poller()
+        poller = self._poller = zmq.Poller()
         for sock in (self.control, *self.gateway_io.sockets):
             poller.register(sock, zmq.POLLIN)
         log.info("broker up: control %s gateway %s results %s",
@@ -125,10 +114,13 @@ class Broker:
                 if self.control in events:
                     drain_routed(self.control, self._on_control, self.bad, "control")
                 now = time.monotonic()
+                if self._table_due and now >= self._publish_at():  # a burst of joins: one epoch
+                    self._publish_table()
                 if now >= self._next_tick:
                     self._tick(now)
                 self.gateway_io.expire(now)
                 self._flush_entries()
+                self._watch_entries()
                 self.gateway_io.flush(now)
                 if self.gateway.cancelled:
                     self._broadcast_cancels()
@@ -137,11 +129,11 @@ class Broker:
 
     def _next_wake(self, now: float) -> float:
         wake = self._next_tick
+        if self._table_due:
+            wake = min(wake, self._publish_at())
         deadline = self.gateway.next_deadline()
         if deadline is not None:
             wake = min(wake, deadline)
-        if any(link.backlog for link in self.entries.values()):
-            wake = min(wake, now + 0.001)
         retry = self.gateway_io.next_wake()  # a client's backlog, retried with a growing pause
         if retry is not None:
             wake = min(wake, retry)
@@ -150,8 +142,11 @@ class Broker:
     # -- control plane -----------------------------------------------------------------
 
     def _send_control(self, identity: bytes, op: str, body: dict | None = None) -> None:
+        self._send_frame(identity, wire.encode_control(op, body), op)
+
+    def _send_frame(self, identity: bytes, frame: bytes, op: str) -> None:
         try:
-            self.control.send_multipart([identity, wire.encode_control(op, body)], zmq.NOBLOCK)
+            self.control.send_multipart([identity, frame], zmq.NOBLOCK)
         except zmq.ZMQError as exc:  # peer gone (ROUTER_MANDATORY) or its queue full
             log.debug("control %s to %r not sent: %s", op, identity, exc)
 
@@ -209,8 +204,8 @@ class Broker:
         if body.member is not None and self.pool_of.get(stage) == body.pool:
             pool, member = body.pool, body.member  # the table lists pool members
         inst = self.members.add(stage, identity, body.address, body.pid, body.host, now, pool=pool, member=member)
-        log.info("stage %s: instance %d registered (pid %d on %s, inbox %s); epoch %d",
-                 stage, inst.iid, inst.pid, inst.host, inst.address, self.members.epoch)
+        log.info("stage %s: instance %d registered (pid %d on %s, inbox %s)",
+                 stage, inst.iid, inst.pid, inst.host, inst.address)
         self._send_control(identity, "registered", {"iid": inst.iid})
         self._membership_changed()
 
@@ -232,8 +227,9 @@ class Broker:
     def _op_leave(self, identity: bytes, body: control_bodies.Empty, now: float) -> None:
         iid = self.members.by_identity.get(identity)
         if iid is not None and self.members.drain(iid):
-            log.info("instance %d is draining; epoch %d", iid, self.members.epoch)
             self._membership_changed()
+            self._publish_table()  # "left" must follow the table without it
+            log.info("instance %d is draining; epoch %d", iid, self.members.epoch)
         self._send_control(identity, "left", {})
 
     def _op_lost(self, identity: bytes, body: control_bodies.Lost, now: float) -> None:
@@ -246,6 +242,10 @@ class Broker:
         self.ledger.reported_lost(body.iid, body.rids, now, body.older)
 
     def _settle_lost(self, now: float) -> None:
+        # Called each tick after any new table is out: the resends it asks for use that table.
+        if self.retry_book.pending:
+            self._send_resends()
+        self.retry_book.prune(self.gateway.requests)
         if not self.ledger.records:
             return
         failures = self.ledger.settle(now, self.gateway.requests, self.members.by_identity, self._held)
@@ -266,13 +266,13 @@ class Broker:
             log.error(what, n, iid)
         self.gateway_io.queue(out)
 
-    def _op_bye(self, identity: bytes, body: control_bodies.Empty, now: float) -> None:
+    def _op_bye(self, identity: bytes, body: control_bodies.Bye, now: float) -> None:
         iid = self.members.by_identity.get(identity)
         if iid is None:
             return
         inst = self.members.remove(iid)
         log.info("instance %d (stage %s) left", iid, inst.stage if inst else "?")
-        self._fail_held(inst, "left before finishing")
+        self._fail_held(inst, "left before finishing", retry=not body.drained)
         self._membership_changed()
 
     def _op_status(self, identity: bytes, body: control_bodies.Empty, now: float) -> None:
@@ -288,7 +288,7 @@ class Broker:
         stages = self.members.status(replicas)
         for s in self.topology.stages:  # the graph (the dashboard draws it): kind, inputs, pool
             if s.name in stages:
-                stages[s.name].update(kind=s.kind, input=s.input, pool=s.fields.get("pool"))
+                stages[s.name].update(kind=s.kind, input=s.input, pool=s.fields.get("pool"), retries=s.retries)
         return {
             "pools": {n: p.status() for n, p in self.pools.items()},
             "epoch": self.members.epoch,
@@ -297,29 +297,6 @@ class Broker:
             "stages": stages,
             "gateway": self.gateway_io.status(),
         }
-
-    def _membership_changed(self) -> None:
-        table = self.members.published(self.gateway.oldest_epoch(self.members.epoch))
-        table["results"] = self.addresses["results"]
-        for inst in self.members.instances.values():
-            self._send_control(inst.identity, "table", table)
-        self._sync_entries()
-
-    def _sync_entries(self) -> None:
-        entry = self.topology.entry.name
-        want = dict(self.members.table["stages"].get(entry, []))
-        for iid in list(self.entries):
-            if iid not in want:
-                link = self.entries.pop(iid)
-                link.sock.close(linger=0)
-                if iid in self.members.instances:
-                    self.ledger.retired_from_routing(iid, link)
-        self.ledger.left_membership(self.members.instances)
-        for iid, address in want.items():
-            if iid not in self.entries:
-                sock = make_socket(self.ctx, zmq.PUSH, connect=address, immediate=True,
-                                   curve=self.curve and self.curve.to_peer(f"gateway to {entry} instance {iid}"))
-                self.entries[iid] = EntryLink(sock, entry)
 
     def _tick(self, now: float) -> None:
         self._next_tick = now + self.cfg.heartbeat_interval
@@ -336,6 +313,8 @@ class Broker:
             self._fail_held(inst, f"died (no heartbeat for {silent:.1f} s)")
         if dead:
             self._membership_changed()
+        if self._table_due:  # before the loads report, which names the epoch
+            self._publish_table()
         self._settle_lost(now)
         loads = self.members.loads()
         self.loads.update(loads)
@@ -384,7 +363,7 @@ class Broker:
         self._send_control(identity, "pool_info", {
             "pool": pool.to_dict(), "stages": {s: self.topology.stage(s).to_dict() for s in pool.stages}})
 
-    def _fail_held(self, inst: Instance | None, why: str) -> None:
+    def _fail_held(self, inst: Instance | None, why: str, retry: bool = True) -> None:
         """``inst`` died or left: fail what it held and what the gateway sent it lately."""
         if inst is None:
             return
@@ -394,8 +373,11 @@ class Broker:
         if link is not None:
             recent, older = link.sent.lost()
         departure = Departure(inst.stage, inst.pid, inst.host, inst.identity, why)
-        failures = self.ledger.departed(inst.iid, departure, time.monotonic(), inst.held, recent, older)
-        self._fail(failures, "failed %d request(s) held by instance %d")
+        if retry and self.retry_book.retries(inst.stage):
+            self._retry_departed(inst, departure, time.monotonic(), [*inst.held, *recent, *older])
+        else:
+            failures = self.ledger.departed(inst.iid, departure, time.monotonic(), inst.held, recent, older)
+            self._fail(failures, "failed %d request(s) held by instance %d")
         if inst.pool in self.pools and not any(i.member == inst.member for i in self.members.instances.values()):
             self.pools[inst.pool].forget(inst.member)  # the member is gone: so are its figures
 
@@ -420,9 +402,12 @@ class Broker:
             self.gateway.stats.rejected += 1
             return
         entry_ids = self.members.routable(self.topology.entry.name)
+        if self._table_due and any(i not in self.entries for i in entry_ids):
+            self._publish_table()  # a new entry instance: its link comes with its epoch
         # A few parked frames are a link still connecting or a moment's backpressure (it is
         # flushed every loop); only a long backlog means the instance is not taking input.
-        writable = [i for i in entry_ids if len(self.entries[i].backlog) < ENTRY_BACKLOG_FRAMES]
+        entries = self.entries  # an instance joins them when its epoch is published
+        writable = [i for i in entry_ids if i in entries and len(entries[i].backlog) < ENTRY_BACKLOG_FRAMES]
         if not writable:
             why = (f"overloaded: stage {self.topology.entry.name!r} is not taking input"
                    if entry_ids else f"unavailable: stage {self.topology.entry.name!r} has no live instance")
@@ -437,26 +422,14 @@ class Broker:
         self.loads.note_sent(iid)
         link = self.entries[iid]
         link.sent.add(rid)
+        if self.retry_book.limits.get(self.topology.entry.name):  # kept to be sent again (retries)
+            req = self.gateway.requests[rid]
+            req.entry, req.kept = iid, payload
         spans = self.gateway_io.spans  # tracing: the request's span, its context on the first DATA
         trace = spans.start(identity, msg, rid, self.topology.entry.name, iid) if spans else None
         first = Data([rid], 0, payload, True, self.members.epoch, trace)
         if link.batch.add(first) >= self.topology.entry.batch_bytes:
             self._send_entry(link)
-
-    def _send_entry(self, link: EntryLink) -> None:
-        if len(link.batch):
-            link.backlog.append(link.batch.take())
-        while link.backlog:
-            try:
-                link.sock.send(link.backlog[0], zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                return
-            link.backlog.pop(0)
-
-    def _flush_entries(self) -> None:
-        for link in self.entries.values():
-            if len(link.batch) or link.backlog:
-                self._send_entry(link)
 
     def close(self) -> None:
         for link in self.entries.values():

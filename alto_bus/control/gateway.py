@@ -212,7 +212,7 @@ class GatewaySockets:
         g = self.book.stats
         return {"in_flight": len(self.book.requests), "clients": len(self.book.by_client),
                 "admitted": g.admitted, "completed": g.completed, "failed": g.failed,
-                "rejected": g.rejected, "late_messages": g.late_messages,
+                "rejected": g.rejected, "late_messages": g.late_messages, "duplicates": g.duplicates,
                 "bad_frames": self.bad.count, "bad_by_socket": self.bad.status(),
                 "backlog": self.backlog.status()}
 

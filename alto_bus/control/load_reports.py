@@ -5,8 +5,10 @@ pools), so it needs only their loads; and a load it already has need not come ag
 Sending every instance the loads of every instance is N messages of O(N): O(N^2) bytes a
 tick, and as many encodings. Here each stage gets one body, with its consumers' loads
 that changed since the last tick, encoded once and sent to each of its instances; an
-instance that has not had a report yet gets the whole of them, and every ``full_every``
-ticks everyone does (a report is sent without blocking and may be lost).
+instance that has not had a report yet (or asked again) gets the whole of them. A report
+is sent without blocking and may be lost: each names its tick, and a worker that sees a
+tick missing asks again (``resync``), so the whole reports every ``full_every`` ticks are
+only a backstop, rare enough that their O(N x consumers) bytes do not dominate.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 
 from alto_bus.protocol import wire
 
-FULL_EVERY = 10  # ticks between whole reports (5 s at the default heartbeat interval)
+FULL_EVERY = 120  # ticks between whole reports (a minute at the default heartbeat interval; [broker] loads_full_every)
 
 
 def reports_by_stage(common: Mapping[str, Any], loads: Mapping[int, int], stage_of: Mapping[int, str],
@@ -60,9 +62,10 @@ class LoadReports:
         """(instance, frame) for every instance in ``stage_of``."""
         self._tick += 1
         whole_tick = self._tick % self.full_every == 0
+        common = {**common, "tick": self._tick}
         changed = loads if whole_tick else {i: v for i, v in loads.items() if self._sent.get(i) != v}
-        delta = _encoded(reports_by_stage(common, changed, stage_of, self.consumers, self.pool_of,
-                                          placements, member_loads))
+        delta = _encoded(reports_by_stage({**common, "whole": True} if whole_tick else common, changed,
+                                          stage_of, self.consumers, self.pool_of, placements, member_loads))
         whole = delta if whole_tick else None
         self._sent = dict(loads)
         out, nbytes = [], 0
@@ -70,7 +73,7 @@ class LoadReports:
             frame = delta.get(stage)
             if iid not in self._had and not whole_tick:
                 if whole is None:
-                    whole = _encoded(reports_by_stage(common, loads, stage_of, self.consumers, self.pool_of,
+                    whole = _encoded(reports_by_stage({**common, "whole": True}, loads, stage_of, self.consumers, self.pool_of,
                                                       placements, member_loads))
                 frame = whole.get(stage)
             if frame is not None:
@@ -79,6 +82,11 @@ class LoadReports:
         self._had = set(stage_of)
         self.bytes_last_tick = nbytes
         return out
+
+
+    def resync(self, iid: int) -> None:
+        """The instance missed a report: the whole of its loads next tick."""
+        self._had.discard(iid)
 
 
 def _encoded(bodies: dict[str, dict[str, Any]]) -> dict[str, bytes]:

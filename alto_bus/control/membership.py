@@ -2,7 +2,9 @@
 
 One table of instances; everything else (the per-stage lists a routing table holds,
 the loads it publishes) is derived from it when it changes, so no index can go stale.
-Every change of the set of routable instances cuts a new epoch.
+A change of the set of routable instances cuts a new epoch when the epoch or the table is
+next read: the changes between two reads (a burst of registrations the broker handles in
+one turn of its loop) are one epoch, and one table to build and publish, not one each.
 """
 
 from __future__ import annotations
@@ -44,10 +46,11 @@ class Membership:
         self.liveness = liveness
         self.instances: dict[int, Instance] = {}
         self.by_identity: dict[bytes, int] = {}
-        self.epoch = id_base
+        self._epoch = id_base
         self._next_iid = id_base + 1
         self._keyed_history: dict[int, dict[str, Any]] = {}  # epoch -> keys and keyed instances
-        self.table: dict[str, Any] = self._make_table()
+        self._changed = False                # routable set changed since the last epoch
+        self._table: dict[str, Any] = self._make_table()
 
     # -- changes -----------------------------------------------------------------------
 
@@ -109,21 +112,45 @@ class Membership:
     # -- derived -----------------------------------------------------------------------
 
     def _new_epoch(self) -> None:
-        self.epoch += 1
-        self.table = self._make_table()
+        self._changed = True
+
+    def _commit(self) -> None:
+        if not self._changed:
+            return
+        self._changed = False
+        self._epoch += 1
+        table = self._table = self._make_table()
         if self.keyed:  # what a keyed hop of this epoch needs, for as long as it is in flight
-            self._keyed_history[self.epoch] = {
-                "epoch": self.epoch, "keys": self.table["keys"],
-                "stages": {s: self.table["stages"].get(s, []) for s in self.keyed}}
+            self._keyed_history[self._epoch] = {
+                "epoch": self._epoch, "keys": table["keys"],
+                "stages": {s: table["stages"].get(s, []) for s in self.keyed}}
+
+    @property
+    def epoch(self) -> int:
+        """The current epoch (cut now if the routable set changed since the last one)."""
+        self._commit()
+        return self._epoch
+
+    @property
+    def table(self) -> dict[str, Any]:
+        """The current epoch's routing table."""
+        self._commit()
+        return self._table
+
+    @property
+    def complete(self) -> bool:
+        """Every stage has a routable instance."""
+        return all(self.table["stages"].get(name) for name in self.stage_names)
 
     def published(self, oldest: int) -> dict[str, Any]:
         """The table to publish: this epoch's, with the key tables (and keyed instances) of
         every older epoch a request in flight still uses (``oldest``), so that an instance
         that joins later can route those requests' keyed items too."""
-        for e in [e for e in self._keyed_history if e < oldest and e != self.epoch]:
+        table, epoch = self.table, self._epoch
+        for e in [e for e in self._keyed_history if e < oldest and e != epoch]:
             del self._keyed_history[e]
-        older = [t for e, t in sorted(self._keyed_history.items()) if e != self.epoch]
-        return {**self.table, "older": older} if older else dict(self.table)
+        older = [t for e, t in sorted(self._keyed_history.items()) if e != epoch]
+        return {**table, "older": older} if older else dict(table)
 
     def _make_table(self) -> dict[str, Any]:
         stages: dict[str, list[list]] = {name: [] for name in self.stage_names}
@@ -135,10 +162,9 @@ class Membership:
             ids = [iid for iid, _ in stages.get(stage, [])]
             if ids:
                 loads = {iid: self.instances[iid].depth for iid in ids}
-                keys[stage] = KeyTable.build(self.epoch, ids, loads, eps=eps).to_dict()
-        self.complete = all(stages.get(name) for name in self.stage_names)
+                keys[stage] = KeyTable.build(self._epoch, ids, loads, eps=eps).to_dict()
         members = {i.iid: i.member for i in self.instances.values() if i.member is not None}
-        return {"epoch": self.epoch, "stages": stages, "keys": keys, "members": members, "dead": list(self.dead_ids)}
+        return {"epoch": self._epoch, "stages": stages, "keys": keys, "members": members, "dead": list(self.dead_ids)}
 
     def routable(self, stage: str) -> list[int]:
         return [iid for iid, _ in self.table["stages"].get(stage, [])]

@@ -18,6 +18,7 @@ from alto_bus.protocol import wire
 from alto_bus.protocol.messages import Data, Drop, End, Message
 from alto_bus.protocol.ancestry import AncestryError, GroupTracker
 from alto_bus.protocol.chunks import PENDING, Chunks
+from alto_bus.protocol.duplicates import Duplicates
 
 ClientOut = tuple[bytes, list]  # (client identity, client-plane message)
 
@@ -34,6 +35,8 @@ class Request:
     tracker: GroupTracker
     leaves: dict[tuple, Any] = field(default_factory=dict)
     partial: Chunks = field(default_factory=Chunks)  # leaves still streaming
+    entry: int = 0       # the entry-stage instance it was sent to
+    kept: Any = None     # an entry stage with retries: its input, sent again if that instance dies
 
 
 @dataclass
@@ -43,6 +46,7 @@ class GatewayStats:
     failed: int = 0
     rejected: int = 0
     late_messages: int = 0      # for requests already ended (failed, expired, cancelled)
+    duplicates: int = 0         # repeats of what a retried stage had sent already, dropped
 
 
 class Gateway:
@@ -56,6 +60,8 @@ class Gateway:
         self.stats = GatewayStats()
         self.cancelled: list[int] = []  # requests that ended early: workers drop their work
         self.ended: list[int] = []      # requests that ended since the broker last said so (any way)
+        # A topology with retries: repeats of a re-run's output are dropped (duplicates.py).
+        self.duplicates: Duplicates | None = None
 
     # -- admission ---------------------------------------------------------------------
 
@@ -104,6 +110,10 @@ class Gateway:
             self.stats.late_messages += 1
             return
         kind = type(msg)
+        dup = self.duplicates
+        if dup is not None and not dup.fresh(msg):
+            self._repeat(req, msg, out)
+            return
         try:
             if kind is Data:
                 self._on_data(req, tuple(path), msg, out)
@@ -117,6 +127,16 @@ class Gateway:
                 self._fail(req, msg.stage, msg.message, out)
         except AncestryError as exc:
             self._fail(req, "gateway", f"inconsistent ancestry: {exc}", out)
+
+    def _repeat(self, req: Request, msg: Message, out: list[ClientOut]) -> None:
+        """An exact repeat (a retried stage ran the item again): dropped, unless a whole
+        item came back with another payload (a handler that is not deterministic)."""
+        self.stats.duplicates += 1
+        if type(msg) is Data and msg.final and msg.seq == 0:
+            path = tuple(msg.path)
+            if path in req.leaves and req.leaves[path] != msg.payload:
+                self._fail(req, "gateway", f"inconsistent retry: item {list(path)} arrived again with another "
+                                           "payload (a stage with retries must be deterministic)", out)
 
     def _on_data(self, req: Request, path: tuple, msg: Data, out: list[ClientOut]) -> None:
         payload, final = msg.payload, msg.final
@@ -149,6 +169,8 @@ class Gateway:
 
     def _forget(self, req: Request) -> None:
         del self.requests[req.rid]
+        if self.duplicates is not None:
+            self.duplicates.forget((req.rid,))
         self.ended.append(req.rid)
         cids = self.by_client.get(req.client)
         if cids is not None:
@@ -181,6 +203,8 @@ class Gateway:
     def drop_client(self, client: bytes) -> list[int]:
         """The client went away: forget its requests (their late results are discarded)."""
         cids = self.by_client.pop(client, {})
+        if self.duplicates is not None:
+            self.duplicates.forget(cids.values())
         for rid in cids.values():
             if self.requests.pop(rid, None) is not None:
                 self.stats.failed += 1

@@ -53,7 +53,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     for s in topo.stages:
         extra = "".join([f", route {s.route}" if s.route else "", f", max_turns {s.max_turns}" if s.max_turns else "",
                          f", merges at depth {s.merge_depth}" if s.merge_depth else "",
-                         ", in a loop" if s.in_loop else ""])
+                         ", in a loop" if s.in_loop else "", f", retries {s.retries}" if s.retries else ""])
         print(f"stage {s.name}: kind {s.kind}, {s.replicas} replica(s), "
               f"input {', '.join(s.inputs) or '(clients)'}, next {', '.join(s.consumers) or '(gateway)'}, "
               f"path depth {s.out_depth}{'+' if s.depth_varies else ''}{extra}")
@@ -238,7 +238,8 @@ def _format_status(status: dict[str, Any]) -> str:
                      f"{b['cut_off']} cut off, {b['dropped_answers']} answers dropped, {b['refused']} refused")
     for name, st in status["stages"].items():
         insts = st["instances"]
-        lines.append(f"stage {name}: {len(insts)}/{st['replicas']} instances")
+        retries = f", retries {st['retries']}" if st.get("retries") else ""
+        lines.append(f"stage {name}: {len(insts)}/{st['replicas']} instances{retries}")
         for i in insts:
             flag = " (draining)" if i["draining"] else ""
             if i.get("stalled"):

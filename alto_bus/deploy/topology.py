@@ -43,6 +43,8 @@ BROKER_FIELDS: dict[str, tuple[tuple[type, ...], Any]] = {
     # What the gateway keeps for a client that does not read its answers, before it cuts it off.
     "client_backlog_bytes": ((int,), 64 * 1024 * 1024),
     "client_backlog_answers": ((int,), 200_000),
+    # Ticks between whole loads reports; in between only changed loads go (1: all every tick).
+    "loads_full_every": ((int,), 120),
 }
 
 COMMON_STAGE_FIELDS: dict[str, tuple[tuple[type, ...], Any]] = {
@@ -60,6 +62,7 @@ COMMON_STAGE_FIELDS: dict[str, tuple[tuple[type, ...], Any]] = {
     "batch_bytes": ((int,), 64 * 1024), # frame size at which a batch is sent at once
     "hosts": ((list,), None),           # [[host]] names its instances may run on (default: any)
     "gpus": ((int,), None),             # GPUs per instance (default: tensor_parallel_size of a vllm stage, else 0)
+    "retries": ((int,), 0),             # times a request's items held by a dead instance are sent again
 }
 
 # A pool: LM instances shared by the LM stages that name it, one engine each.
@@ -107,6 +110,7 @@ class BrokerConfig:
     max_inflight: int
     client_backlog_bytes: int = 64 * 1024 * 1024
     client_backlog_answers: int = 200_000
+    loads_full_every: int = 120
 
 
 @dataclass(frozen=True)
@@ -139,6 +143,8 @@ class StageConfig:
     hosts: list[str] | None = None  # [[host]] names its instances may run on
     gpus: int | None = None         # GPUs per instance, when given
     base_dir: str | None = None     # the topology file's directory: handlers are found there too
+    retries: int = 0               # its items are sent again this many times if an instance dies
+    dedupe: bool = False           # derived: it or a stage upstream has retries (it may see duplicates)
 
     def to_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -243,6 +249,8 @@ def parse(raw: dict[str, Any], *, source: str = "<topology>", check_handlers: bo
         raise TopologyError(f"{source}: [broker] request_timeout must be > 0 and max_inflight >= 1")
     if broker.client_backlog_bytes < 1 or broker.client_backlog_answers < 1:
         raise TopologyError(f"{source}: [broker] client_backlog_bytes and client_backlog_answers must be >= 1")
+    if broker.loads_full_every < 1:
+        raise TopologyError(f"{source}: [broker] loads_full_every must be >= 1 (ticks between whole loads reports)")
 
     stages_raw = raw.get("stage")
     if not isinstance(stages_raw, list) or not stages_raw:
@@ -258,7 +266,7 @@ def parse(raw: dict[str, Any], *, source: str = "<topology>", check_handlers: bo
         ordered = graph.build(stages, source, _replace)
     except graph.GraphError as exc:
         raise TopologyError(str(exc)) from None
-    chain = tuple(_replace(s, base_dir=base_dir) for s in ordered)
+    chain = _with_dedupe(tuple(_replace(s, base_dir=base_dir) for s in ordered))
     users = {name: tuple(s.name for s in chain if s.fields.get("pool") == name) for name in pools}
     for name, names in users.items():
         if not names:
@@ -266,6 +274,20 @@ def parse(raw: dict[str, Any], *, source: str = "<topology>", check_handlers: bo
     pools_out = tuple(_replace_pool(p, stages=users[p.name]) for p in pools.values())
     topo = with_http(with_hosts(Topology(source=source, broker=broker, stages=chain, pools=pools_out), raw), raw)
     return with_tracing(topo, raw)
+
+
+def _with_dedupe(stages: tuple[StageConfig, ...]) -> tuple[StageConfig, ...]:
+    """Mark the stages that may see an item twice: a stage with ``retries`` and every stage
+    downstream of one (a re-run handler emits again what its dead instance had emitted)."""
+    by_name = {s.name: s for s in stages}
+    marked = {s.name for s in stages if s.retries > 0}
+    todo = list(marked)
+    while todo:
+        for c in by_name[todo.pop()].consumers:
+            if c in by_name and c not in marked:
+                marked.add(c)
+                todo.append(c)
+    return tuple(_replace(s, dedupe=True) if s.name in marked else s for s in stages)
 
 
 def _replace_pool(p: PoolConfig, **changes: Any) -> PoolConfig:
@@ -372,6 +394,9 @@ def _stage(raw: Any, index: int, source: str, check_handlers: bool,
             raise TopologyError(f"{label}: field '{name}' must be >= 1, got {values[name]}")
     if values["flush_ms"] < 0:
         raise TopologyError(f"{label}: field 'flush_ms' must be >= 0, got {values['flush_ms']}")
+    if values["retries"] < 0:
+        raise TopologyError(f"{label}: field 'retries' must be an int >= 0 (times a request's items are sent "
+                            f"again when an instance dies), got {values['retries']}")
     _address(values["inbox"].replace("{instance}", "0"), f"{label} field 'inbox'")
     if values["inbox"].startswith("ipc://") and "{instance}" not in values["inbox"] and values["replicas"] > 1:
         raise TopologyError(f"{label}: field 'inbox': {values['replicas']} replicas cannot share one ipc path; "

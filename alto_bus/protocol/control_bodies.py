@@ -57,6 +57,10 @@ class Lost(Body):
     older: Annotated[list[Count], msgspec.Meta(max_length=MAX_IDS)] = []
 
 
+class Bye(Body):
+    drained: bool = False  # it drained cleanly: what it was sent is done (no retry needed)
+
+
 class PoolInfo(Body):
     pool: Name
 
@@ -67,7 +71,9 @@ class Empty(Body):
 
 BODIES: dict[str, type[Body]] = {
     "hello": Hello, "ready": Ready, "heartbeat": Heartbeat, "lost": Lost, "pool_info": PoolInfo,
-    "leave": Empty, "bye": Empty, "status": Empty, "shutdown": Empty,
+    "resent": Lost,  # a sender sent its kept items again (a stage with retries): ids, as "lost"
+    "leave": Empty, "bye": Bye, "status": Empty, "shutdown": Empty,
+    "resync": Empty,   # a worker that missed a routing-table delta asks for the whole view
 }
 
 

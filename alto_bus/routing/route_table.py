@@ -63,6 +63,8 @@ def choose_instance(candidates: Sequence[int], loads: LoadView, rng: random.Rand
 class RouteTable:
     """One sender's view of where the next stage's instances are, per epoch."""
 
+    retries = 0  # the next stage's retries (set by alto_bus.runtime.resend): a dead owner is replaced
+
     def __init__(self, stage: str, next_stage: str | None = None, key_depth: int | None = None, *,
                  pool: PoolRoute | None = None, pool_name: str | None = None,
                  rng: random.Random | None = None, loads: LoadView | None = None,
@@ -104,7 +106,8 @@ class RouteTable:
         self.next_ids = [iid for iid in listed if iid not in self.dead]
         if self.pool is not None:
             members = {int(k): v for k, v in table.get("members", {}).items()}
-            self.pool.members(members, self.next_ids, len(stages.get(self.stage, ())))
+            peers = table.get("peers", len(stages.get(self.stage, ())))  # the sending stage's instances
+            self.pool.members(members, self.next_ids, int(peers))
         keys = table.get("keys", {}).get(nxt) if nxt else None
         if keys is not None:
             self.keys[epoch] = KeyTable.from_dict(keys)
@@ -211,6 +214,12 @@ class RouteTable:
                 return PARK  # that epoch's table is on its way
             return Fail(path[:1], f"no key table for epoch {epoch} of stage {self.next!r}", epoch)
         dest = table.owner(tuple(path[:kd]))
+        if dest in self.dead and self.retries:
+            # Its items are sent again: every sender takes the owner in the first later epoch
+            # where it is alive, so they agree on it.
+            key = tuple(path[:kd])
+            dest = next((o for e in sorted(self.keys) if e > epoch
+                         if (o := self.keys[e].owner(key)) not in self.dead), dest)
         if dest in self.dead:
             return Fail(path[:1], f"instance {dest} of stage {self.next!r}, owner of group "
                                   f"{path[1:kd]} in epoch {epoch}, died", epoch)

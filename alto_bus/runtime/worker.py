@@ -40,7 +40,9 @@ from alto_bus.routing.route_table import GATEWAY, PARK, Fail
 from alto_bus.runtime.graph_io import GraphIO, needs_graph_io
 from alto_bus.runtime.inbox import Inbox, checked_messages
 from alto_bus.runtime.outbox import Outbox, Outboxes
+from alto_bus.runtime.resend import Retrying
 from alto_bus.net.sockets import advertised, bound_address, make_socket
+from alto_bus.runtime.table_feed import TableFeed
 from alto_bus.runtime.stage import FunctionStage, StageLogic, describe
 from alto_bus.deploy.topology import StageConfig, add_handler_dir
 from alto_bus.runtime.kinds import stage_kind
@@ -113,12 +115,15 @@ class Worker(Embedded):
         self._heartbeats = HeartbeatBoard(lambda: snapshot(self))
         self.failed = False  # ended because a thread of its own failed (the process exits 1)
         self._draining = False
+        self._drained = False  # left after a clean drain: nothing of its own to send again (retries)
         self._left_epoch: int | None = None  # the epoch that took this instance out of routing
         self._oldest_epoch = 0                # oldest epoch a request in flight uses (broker's loads)
         self._wakeup: asyncio.Event | None = None
         self._inbox = Inbox(self._on_frame, self._may_read, self.outboxes.flush_all)
         self._cancelled: dict[int, None] = {}
+        self._retrying: Retrying | None = None  # retries: copies kept for resends, repeats dropped
         self._parked: list[tuple[int, Message, list]] = []  # (consumer, item) waiting for a routing table
+        self._feed = TableFeed()  # the broker's table views and loads reports, in sequence
         self._inflight: collections.Counter[int] = collections.Counter()
         self._inflight_total = 0
         self._flush_handle: asyncio.TimerHandle | None = None
@@ -138,6 +143,7 @@ class Worker(Embedded):
             self.config = StageConfig.from_dict(welcome["config"])
             self.routes = ConsumerRoutes.from_welcome(self.stage, welcome, self.rng)
             self.outboxes.window = int(welcome.get("liveness", 4)) + 2
+            self._retrying = Retrying.attach(self, welcome)
             self.logic, self.tracing = traced(self._build_logic(self.config), self)
             if needs_graph_io(self.config):  # after the logic: its handler directory is known
                 self._io = GraphIO(self.config, self._route_to, self.error)
@@ -198,10 +204,18 @@ class Worker(Embedded):
         fut = self._events.pop(op, None)
         if fut is not None and not fut.done():
             fut.set_result(body)
-        if op == "table":
-            self._apply_table(body)
+        if op in ("table", "table_delta"):
+            view = self._feed.table(op, body)
+            if view is None:  # a table went missing: ask for the whole view
+                self._control.send("resync", {})
+            else:
+                self._apply_table(view)
         elif op == "loads":
+            if not self._feed.loads_in_sequence(body) and self.iid is not None:
+                self._control.send("resync", {})  # a report or a table went missing
             self.outboxes.rotate(body.get("ended", []))  # a heartbeat interval: a new generation
+            if self._retrying is not None:
+                self._retrying.forget(body.get("ended", []))
             self.routes.forget_requests(body.get("ended", []))
             if self._io is not None:
                 self._io.forget(body.get("ended", []))
@@ -212,6 +226,8 @@ class Worker(Embedded):
             self._left_epoch = self.routes.epoch  # that table came just before "left"
         elif op == "cancel":
             self._cancel(body.get("rids", []))
+        elif op == "resend" and self._retrying is not None:
+            self._retrying.resend(int(body.get("iid", -1)))
         elif op == "shutdown":
             self._begin_stop(drain=False)
         elif op == "control_failed":
@@ -247,6 +263,8 @@ class Worker(Embedded):
     def _apply_table(self, table: dict) -> None:
         self.routes.apply(table)
         self._drop_gone()
+        if self._retrying is not None:
+            self._retrying.table_applied()
         if self._parked and self.routes.ready:
             parked, self._parked = self._parked, []
             for consumer, msg, path in parked:
@@ -265,6 +283,8 @@ class Worker(Embedded):
             del cancelled[next(iter(cancelled))]
         if self.logic is not None:
             self.logic.cancel(set(rids))
+        if self._retrying is not None:
+            self._retrying.forget(rids)
 
     def _connect(self, dest: int) -> tuple[str, zmq.asyncio.Socket]:
         address = self.routes.address(dest)
@@ -277,7 +297,9 @@ class Worker(Embedded):
 
     def _drop_outbox(self, dest: int, why: str) -> None:
         out, frames, rids = self.outboxes.drop(dest)
-        if why == "died":
+        if self._retrying is not None and self._retrying.dropped(dest, why, rids):
+            pass  # a stage with retries: its items are sent again, nothing is lost
+        elif why == "died":
             # Unsent, and sent lately (maybe never read): the broker fails them, naming the
             # instance's stage and host. Sent earlier and not ended: the broker fails them
             # unless live work holds them. Never a hang.
@@ -378,6 +400,7 @@ class Worker(Embedded):
                     await asyncio.wait_for(self._wakeup.wait(), quiet)
                 except asyncio.TimeoutError:
                     if self._idle() and loop.time() - self._inbox.last_input >= quiet:
+                        self._drained = True
                         break  # drained: quiet for two heartbeats and nothing in hand
         finally:
             self._inbox.close()
@@ -409,6 +432,8 @@ class Worker(Embedded):
         logic = self.logic
         cancelled = self._cancelled
         index, msgs = checked_messages(frame, self.stage, self.stats, self._bad, len(self.config.inputs))
+        if self._retrying is not None:
+            msgs = self._retrying.incoming(msgs, index)
         for msg in (msgs if self._io is None else self._io.incoming(msgs, index)):
             if cancelled and msg.path[0] in cancelled:
                 continue
@@ -459,6 +484,6 @@ class Worker(Embedded):
                 inbox.close(linger=0)
             if self._control is not None:
                 if self.iid is not None:
-                    self._control.send("bye", {})
+                    self._control.send("bye", {"drained": self._drained})
                 self._control.stop()
                 await asyncio.get_running_loop().run_in_executor(None, self._control.join, 5)

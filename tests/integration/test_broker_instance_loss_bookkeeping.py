@@ -49,6 +49,7 @@ def broker_and_inboxes(n: int):
 def register(broker: Broker, name: bytes, stage: str, address: str, now: float) -> int:
     broker._op_ready(name, convert("ready", {"stage": stage, "address": address, "pid": 1,
                                              "host": name.decode()}), now)
+    broker._publish_table()  # what the loop does after a turn of control messages
     return broker.members.by_identity[name]
 
 
