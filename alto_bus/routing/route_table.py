@@ -83,6 +83,7 @@ class RouteTable:
         self._forgotten_before = 0                    # epochs below this were dropped: never re-learnt
         self.addresses: dict[int, str] = {}           # live next-stage instances of kept epochs
         self.dead: set[int] = set()
+        self.avoid: set[int] = set()                  # peers not taking input (the sender's blocked outboxes)
         self.next_ids: list[int] = []                 # next-stage instances of the newest epoch
         self._sticky: dict[tuple, int] = {}           # a streamed item's instance until its end
 
@@ -192,6 +193,8 @@ class RouteTable:
         ids = self.next_ids
         if not ids:
             return PARK
+        if self.avoid:  # a stateless hop goes round a peer that is not taking input, if it can
+            ids = [i for i in ids if i not in self.avoid] or ids
         if stream:
             key = tuple(path)
             dest = self._sticky.get(key)

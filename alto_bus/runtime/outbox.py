@@ -34,6 +34,10 @@ OLDER_MEMORY = 200_000
 # Ids per "lost" control message: keeps control frames bounded.
 LOST_CHUNK = 50_000
 
+# Frames an outbox parks for a peer that is not taking input before its sender stops
+# reading (each at most batch_bytes): below it, only that peer's items wait.
+PEER_PARK_FRAMES = 64
+
 
 class Outbox:
     """One PUSH to one destination, its coalescing batches and its parked frames."""
@@ -146,6 +150,12 @@ class Outboxes:
 
     def has_backlog(self) -> bool:
         return any(o.backlog for o in self.outs.values())
+
+    def over_budget(self) -> bool:
+        """A peer not taking input has as much parked as it may: stop reading (backpressure).
+        Until then only items for that peer wait; the others go on."""
+        outs = self.outs
+        return any(len(outs[d].backlog) > PEER_PARK_FRAMES for d in self.blocked if d in outs)
 
     def rotate(self, ended: list[int]) -> None:
         for out in self.outs.values():

@@ -142,6 +142,8 @@ class Worker(Embedded):
             welcome = await self._expect("welcome", f"the broker at {self.broker} did not answer")
             self.config = StageConfig.from_dict(welcome["config"])
             self.routes = ConsumerRoutes.from_welcome(self.stage, welcome, self.rng)
+            for table in self.routes.tables:
+                table.avoid = self.outboxes.blocked  # the same set: kept up to date by the outboxes
             self.outboxes.window = int(welcome.get("liveness", 4)) + 2
             self._retrying = Retrying.attach(self, welcome)
             self.logic, self.tracing = traced(self._build_logic(self.config), self)
@@ -406,8 +408,8 @@ class Worker(Embedded):
             self._inbox.close()
 
     def _may_read(self) -> bool:
-        # Backpressure: no input while an outbox is blocked or the stage has enough in hand.
-        return (not self._stop_now and not self.outboxes.blocked
+        # Backpressure: no input while a peer has all it may park, or the stage has enough in hand.
+        return (not self._stop_now and not (self.outboxes.blocked and self.outboxes.over_budget())
                 and self._inflight_total < self.config.concurrency)
 
     def _resume(self) -> None:

@@ -36,6 +36,7 @@ INSTANCE_COUNTERS = (
     ("frames_out", "alto_instance_frames_out", "Frames sent downstream."),
     ("errors", "alto_instance_errors", "Items that ended in an error (a handler raised, an input refused)."),
     ("bad_frames", "alto_instance_bad_frames", "Frames dropped because they did not decode."),
+    ("duplicates", "alto_instance_duplicates_dropped", "Repeats of a re-run stage's output dropped (retries)."),
 )
 GATEWAY_COUNTERS = (
     ("admitted", "alto_gateway_requests_admitted", "Requests the gateway admitted (every client)."),
@@ -44,6 +45,7 @@ GATEWAY_COUNTERS = (
     ("rejected", "alto_gateway_requests_rejected", "Requests refused at admission (overloaded, unavailable, bad)."),
     ("late_messages", "alto_gateway_late_messages", "Messages for requests that had already ended."),
     ("bad_frames", "alto_gateway_bad_frames", "Frames the gateway dropped because they did not decode."),
+    ("duplicates", "alto_gateway_duplicates_dropped", "Repeats of a re-run stage's output dropped (retries)."),
 )
 
 

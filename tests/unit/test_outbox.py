@@ -131,3 +131,32 @@ def test_outboxes_block_while_a_peer_is_full_and_unblock_when_it_takes_the_frame
         assert list(boxes) == []
 
     asyncio.run(scenario())
+
+
+def test_a_peer_not_taking_input_parks_only_its_own_frames_up_to_a_budget():
+    """One full peer does not stop the sender (head-of-line blocking) until it has
+    PEER_PARK_FRAMES parked; the other peers' frames go on meanwhile."""
+    from alto_bus.runtime.outbox import PEER_PARK_FRAMES
+
+    sockets: dict[int, FakeSocket] = {}
+
+    def connect(dest: int) -> tuple[str, FakeSocket]:
+        sockets[dest] = FakeSocket(room=0 if dest == 3 else 10_000)
+        return f"tcp://peer:{dest}", sockets[dest]
+
+    async def scenario() -> None:
+        boxes = Outboxes(connect, lambda: None, collections.Counter())
+        for k in range(PEER_PARK_FRAMES):
+            for dest in (3, 4):
+                boxes.get(dest).add(wire.data([k], 0, "x", True, 0), "b")
+            boxes.flush_all()
+            assert boxes.blocked == {3}
+            assert not boxes.over_budget(), f"stopped reading after {k + 1} frames for the full peer"
+        assert boxes.stats["frames_out"] == PEER_PARK_FRAMES, "the other peer got every frame"
+        boxes.get(3).add(wire.data([999], 0, "x", True, 0), "b")
+        boxes.flush_all()
+        assert boxes.over_budget(), "past its budget the full peer stops the sender"
+        boxes.drop(3)
+        assert not boxes.over_budget() and boxes.blocked == set()
+
+    asyncio.run(scenario())

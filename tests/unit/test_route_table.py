@@ -173,3 +173,19 @@ def test_senders_start_their_near_tie_rotations_out_of_step():
     placement = Placement(prompts={"q": ["a", "b", "c", "d"]})
     firsts = [s.tables[0].pool.policy.choose("q", placement, {}) for s in senders]
     assert len(set(firsts)) >= 3, firsts
+
+
+def test_a_stateless_hop_goes_round_a_peer_not_taking_input_but_keys_stay_with_their_owner():
+    stateless = RouteTable("a", "b", None, rng=random.Random(1))
+    stateless.apply(table(1, [1, 2, 3], keyed=False))
+    stateless.avoid = {2}
+    msg = wire.data([5], 0, "x", True, 1)
+    assert {stateless.route(msg, [5]) for _ in range(200)} == {1, 3}
+    stateless.avoid = {1, 2, 3}   # every peer full: they still get items (and park them)
+    assert {stateless.route(msg, [5]) for _ in range(200)} == {1, 2, 3}
+
+    keyed = RouteTable("a", "b", 2, rng=random.Random(1))
+    keyed.apply(table(1, [1, 2, 3]))
+    owner = keyed.route(wire.data([5, 0], 0, "x", True, 1), [5, 0])
+    keyed.avoid = {owner}
+    assert keyed.route(wire.data([5, 0], 0, "x", True, 1), [5, 0]) == owner, "a group has one owner"
