@@ -28,7 +28,7 @@ import zmq
 from alto_bus.net import curve as keys
 from alto_bus.protocol import control_bodies, wire
 from alto_bus.protocol.messages import Data, Submit
-from alto_bus.control.request_book import ClientOut, Gateway
+from alto_bus.control.request_book import ClientOut, Gateway, left_ms
 from alto_bus.control.gateway import GatewaySockets
 from alto_bus.control.load_reports import LoadReports
 from alto_bus.control.pool_setup import make_pools
@@ -299,6 +299,10 @@ class Broker(BrokerPublishing, BrokerRetries):
         }
 
     def _tick(self, now: float) -> None:
+        late = now - self._next_tick
+        if self._next_tick and late > self.cfg.heartbeat_interval:  # the broker could not run
+            log.warning("broker: this tick is %.1f s late (the process was paused or starved)", late)
+            self.members.excuse(late, now)
         self._next_tick = now + self.cfg.heartbeat_interval
         self.ticks += 1
         ended, self.gateway.ended = self.gateway.ended, []
@@ -422,12 +426,13 @@ class Broker(BrokerPublishing, BrokerRetries):
         self.loads.note_sent(iid)
         link = self.entries[iid]
         link.sent.add(rid)
+        req = self.gateway.requests[rid]
         if self.retry_book.limits.get(self.topology.entry.name):  # kept to be sent again (retries)
-            req = self.gateway.requests[rid]
             req.entry, req.kept = iid, payload
         spans = self.gateway_io.spans  # tracing: the request's span, its context on the first DATA
         trace = spans.start(identity, msg, rid, self.topology.entry.name, iid) if spans else None
-        first = Data([rid], 0, payload, True, self.members.epoch, trace)
+        # Its time left travels with it: every worker frees what it holds past the deadline.
+        first = Data([rid], 0, payload, True, self.members.epoch, trace, 0, left_ms(req.deadline, now))
         if link.batch.add(first) >= self.topology.entry.batch_bytes:
             self._send_entry(link)
 

@@ -12,10 +12,12 @@ attempt N + 1 fails them naming the stage, the instance and "after N retries".
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable
 
 from alto_bus.control.failure_ledger import Departure, Failure
 from alto_bus.control.membership import Instance
+from alto_bus.control.request_book import left_ms
 from alto_bus.control.retry_book import RetryBook
 from alto_bus.deploy.topology import Topology
 from alto_bus.protocol import control_bodies
@@ -96,5 +98,6 @@ class BrokerRetries:
             link = self.entries[new]
             link.sent.add(req.rid)
             req.entry = new
-            if link.batch.add(Data([req.rid], 0, req.kept, True, req.epoch)) >= entry.batch_bytes:
+            again = Data([req.rid], 0, req.kept, True, req.epoch, None, 0, left_ms(req.deadline, time.monotonic()))
+            if link.batch.add(again) >= entry.batch_bytes:
                 self._send_entry(link)

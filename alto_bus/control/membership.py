@@ -100,6 +100,12 @@ class Membership:
         inst.bad = bad or {}
         return inst
 
+    def excuse(self, seconds: float, now: float) -> None:
+        """The broker itself could not run for ``seconds`` (paused, swapped out): that time
+        is not the instances' silence. Heartbeats sent meanwhile may still be on the way in."""
+        for inst in self.instances.values():
+            inst.last_seen = min(now, inst.last_seen + seconds)
+
     def dead(self, now: float) -> list[Instance]:
         """Instances silent for more than ``liveness`` heartbeat intervals (removed)."""
         limit = self.heartbeat_interval * self.liveness

@@ -23,6 +23,11 @@ from alto_bus.protocol.duplicates import Duplicates
 ClientOut = tuple[bytes, list]  # (client identity, client-plane message)
 
 
+def left_ms(deadline: float, now: float) -> int:
+    """A request's time left, as its first messages carry it (protocol/messages.py)."""
+    return max(0, int((deadline - now) * 1000))
+
+
 @dataclass
 class Request:
     rid: int

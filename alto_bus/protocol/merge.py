@@ -38,12 +38,12 @@ class InputMerge:
         kind = type(msg)
         if kind is Data:
             out: list[Message] = [Data(moved, msg.seq, msg.payload, msg.final, msg.epoch, msg.trace,
-                                       msg.turns)]
+                                       msg.turns, msg.left_ms)]
             first = msg.seq == 0
         elif kind is End:
-            out, first = [End(moved, msg.n, msg.epoch)], True
+            out, first = [End(moved, msg.n, msg.epoch, msg.left_ms)], True
         else:
-            out, first = [Drop(moved, msg.epoch)], True
+            out, first = [Drop(moved, msg.epoch, msg.left_ms)], True
         if index == 0 and first and len(path) == f:
             out.append(End(path, self.inputs, msg.epoch))
         return out

@@ -27,6 +27,9 @@ Timeout = Union[Annotated[float, msgspec.Meta(gt=0, le=10**9)], None]
 # A W3C traceparent ("00-<trace id>-<span id>-<flags>", 55 characters) or None: tracing is
 # off, or the message is not the first of its item (alto_bus/telemetry/carry.py).
 Trace = Union[Annotated[str, msgspec.Meta(max_length=128)], None]
+# The request's time left in milliseconds when the message was sent, or None: not the
+# first message of its request to this destination lately (runtime/request_deadlines.py).
+LeftMs = Union[Annotated[int, msgspec.Meta(ge=0, le=10**12)], None]
 
 _STRUCT = {"array_like": True, "gc": False}
 
@@ -41,6 +44,7 @@ class Data(msgspec.Struct, tag=0, **_STRUCT):
     epoch: Count
     trace: Trace = None  # appended: the request span's context, on an item's first chunk
     turns: Count = 0     # appended: times the item went round a loop (DESIGN.md, "Graphs")
+    left_ms: LeftMs = None  # appended: the request's time left (its deadline travels)
 
 
 class End(msgspec.Struct, tag=1, **_STRUCT):
@@ -49,6 +53,7 @@ class End(msgspec.Struct, tag=1, **_STRUCT):
     path: Path
     n: Count
     epoch: Count
+    left_ms: LeftMs = None  # appended, as on DATA
 
 
 class Drop(msgspec.Struct, tag=2, **_STRUCT):
@@ -56,6 +61,7 @@ class Drop(msgspec.Struct, tag=2, **_STRUCT):
 
     path: Path
     epoch: Count
+    left_ms: LeftMs = None  # appended, as on DATA
 
 
 class Error(msgspec.Struct, tag=3, **_STRUCT):
@@ -65,6 +71,7 @@ class Error(msgspec.Struct, tag=3, **_STRUCT):
     stage: str
     message: str
     epoch: Count = 0
+    left_ms: LeftMs = None  # appended so every kind has it; the gateway does not read it
 
 
 Message = Union[Data, End, Drop, Error]

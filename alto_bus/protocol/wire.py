@@ -15,7 +15,9 @@ Three planes, one encoding (msgpack arrays, never dicts on the hot path):
       ERROR [3, path, stage, message, epoch]
 
   ``path`` is the item's ancestry (``[rid, i, j, ...]``), ``epoch`` the routing epoch
-  the gateway stamped on the request. New fields are only ever appended. ``stage`` is
+  the gateway stamped on the request. New fields are only ever appended: DATA carries
+  ``trace, turns, left_ms`` after ``epoch``, END, DROP and ERROR ``left_ms`` (the
+  request's time left, on its first message to each destination: its deadline travels). ``stage`` is
   always the stage the frame is for; frames to the gateway name ``GATEWAY_STAGE``, a
   name no stage can take, and a receiver drops a frame that is not for it. A frame to a
   stage with several inputs names ``[stage, input index]`` instead (the receiver merges

@@ -59,7 +59,7 @@ class GraphIO:
             for m in (merge.remap(msg, where) if merge is not None else (msg,)):
                 if type(m) is Data and m.turns:
                     if where is not None:  # from outside this stage's loop: its turns were another loop's
-                        m = Data(m.path, m.seq, m.payload, m.final, m.epoch, m.trace)
+                        m = Data(m.path, m.seq, m.payload, m.final, m.epoch, m.trace, 0, m.left_ms)
                     elif not self._arrived(m):
                         continue
                 yield m

@@ -38,13 +38,16 @@ LOST_CHUNK = 50_000
 # reading (each at most batch_bytes): below it, only that peer's items wait.
 PEER_PARK_FRAMES = 64
 
+Budget = Callable[[int], int | None]  # request id -> its time left in ms (None: unknown)
+
 
 class Outbox:
     """One PUSH to one destination, its coalescing batches and its parked frames."""
 
-    __slots__ = ("dest", "address", "asock", "sock", "batches", "backlog", "sender", "sent")
+    __slots__ = ("dest", "address", "asock", "sock", "batches", "backlog", "sender", "sent", "budget")
 
-    def __init__(self, dest: int, address: str, asock: Any, window: int) -> None:
+    def __init__(self, dest: int, address: str, asock: Any, window: int,
+                 budget: Budget | None = None) -> None:
         self.dest = dest
         self.address = address
         self.asock = asock  # asyncio socket: awaited sends of parked frames
@@ -55,11 +58,19 @@ class Outbox:
         self.backlog: collections.deque[bytes] = collections.deque()
         self.sender: asyncio.Task | None = None
         self.sent = SentIds(window, OLDER_MEMORY)
+        self.budget = budget  # a request's time left, stamped on its first message here
 
     def add(self, msg: Message, stage: str) -> int:
         """Coalesce ``msg`` into the batch for ``stage``; returns that batch's size in bytes."""
         if self.dest != GATEWAY:  # the gateway does not die under its senders
-            self.sent.add(msg.path[0])
+            rid = msg.path[0]
+            current = self.sent.recent[-1]
+            if rid not in current:  # first of its request here this interval: its deadline travels
+                current.add(rid)
+                if self.budget is not None:
+                    left = self.budget(rid)
+                    if left is not None:
+                        msg.left_ms = left
         batch = self.batches.get(stage)
         if batch is None:
             batch = self.batches[stage] = wire.FrameBuilder(stage)
@@ -130,8 +141,9 @@ class Outboxes:
     """
 
     def __init__(self, connect: Callable[[int], tuple[str, Any]], on_unblocked: Callable[[], None],
-                 stats: collections.Counter, window: int = 6) -> None:
+                 stats: collections.Counter, window: int = 6, budget: Budget | None = None) -> None:
         self.connect = connect
+        self.budget = budget
         self.on_unblocked = on_unblocked
         self.stats = stats
         self.window = window  # heartbeat intervals of request ids kept per outbox (liveness + 2)
@@ -142,7 +154,7 @@ class Outboxes:
         out = self.outs.get(dest)
         if out is None:
             address, asock = self.connect(dest)
-            out = self.outs[dest] = Outbox(dest, address, asock, self.window)
+            out = self.outs[dest] = Outbox(dest, address, asock, self.window, self.budget)
         return out
 
     def __iter__(self) -> Iterator[int]:
@@ -160,6 +172,11 @@ class Outboxes:
     def rotate(self, ended: list[int]) -> None:
         for out in self.outs.values():
             out.rotate(ended)
+
+    def forget(self, rids: list[int]) -> None:
+        """These requests are over here (past their deadline): nothing to account for."""
+        for out in self.outs.values():
+            out.sent.forget(rids)
 
     def flush(self, out: Outbox) -> None:
         out.seal()

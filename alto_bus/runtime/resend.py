@@ -115,8 +115,6 @@ class Retrying:
         self.kept = KeptItems()
         self.seen = Duplicates() if dedupe else None
         self.pending: set[int] = set()      # resends waiting for a table without their instance
-        from alto_bus.runtime.worker import PARKED_MEMORY  # (worker.py imports this module)
-        self.parked_memory = PARKED_MEMORY
         if self.consumers:
             worker._route = self.route      # the keeping route; others keep the plain one
 
@@ -138,9 +136,7 @@ class Retrying:
         w = self.w
         dest = w.routes.tables[consumer].route(msg, path, stream)
         if dest is PARK:
-            w._parked.append((consumer, msg, path))
-            if len(w._parked) > self.parked_memory:
-                w._fail_parked()
+            w._park(consumer, msg, path)
         elif isinstance(dest, Fail):
             w.error(dest.path, dest.reason, dest.epoch)
         else:

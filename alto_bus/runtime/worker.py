@@ -40,21 +40,20 @@ from alto_bus.routing.route_table import GATEWAY, PARK, Fail
 from alto_bus.runtime.graph_io import GraphIO, needs_graph_io
 from alto_bus.runtime.inbox import Inbox, checked_messages
 from alto_bus.runtime.outbox import Outbox, Outboxes
+from alto_bus.runtime.parked_items import PARKED_MEMORY, ParkedItems
+from alto_bus.runtime.request_deadlines import RequestDeadlines
 from alto_bus.runtime.resend import Retrying
 from alto_bus.net.sockets import advertised, bound_address, make_socket
 from alto_bus.runtime.table_feed import TableFeed
-from alto_bus.runtime.stage import FunctionStage, StageLogic, describe
-from alto_bus.deploy.topology import StageConfig, add_handler_dir
-from alto_bus.runtime.kinds import stage_kind
+from alto_bus.runtime.build_logic import build_logic
+from alto_bus.runtime.stage import StageLogic, describe
+from alto_bus.deploy.topology import StageConfig
 from alto_bus.telemetry.stage_spans import traced
 
 log = logging.getLogger("alto.worker")
 
 # Ids of requests that ended early, remembered so their late items are skipped.
 CANCELLED_MEMORY = 100_000
-
-# Items parked for want of a routing table before their requests fail.
-PARKED_MEMORY = 100_000
 
 
 class Worker(Embedded):
@@ -103,7 +102,9 @@ class Worker(Embedded):
         self.stats = collections.Counter()
         self.routes = ConsumerRoutes.unbound(stage, self.rng)  # replaced when the broker names the consumers
         self._io: GraphIO | None = None  # forks, routes, merges, loops (None: a link of a chain)
-        self.outboxes = Outboxes(self._connect, self._resume, self.stats)
+        self._deadlines = RequestDeadlines()  # each request's deadline, from the messages that carry it
+        self.outboxes = Outboxes(self._connect, self._resume, self.stats,
+                                 budget=lambda rid: self._deadlines.left_ms(rid, self._loop.time()))
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._started = threading.Event()
@@ -122,9 +123,9 @@ class Worker(Embedded):
         self._inbox = Inbox(self._on_frame, self._may_read, self.outboxes.flush_all)
         self._cancelled: dict[int, None] = {}
         self._retrying: Retrying | None = None  # retries: copies kept for resends, repeats dropped
-        self._parked: list[tuple[int, Message, list]] = []  # (consumer, item) waiting for a routing table
+        self._parked = ParkedItems()  # items waiting for a routing table
         self._feed = TableFeed()  # the broker's table views and loads reports, in sequence
-        self._inflight: collections.Counter[int] = collections.Counter()
+        self._inflight: dict[int, set[asyncio.Task]] = {}  # the handler tasks of each request
         self._inflight_total = 0
         self._flush_handle: asyncio.TimerHandle | None = None
 
@@ -146,7 +147,7 @@ class Worker(Embedded):
                 table.avoid = self.outboxes.blocked  # the same set: kept up to date by the outboxes
             self.outboxes.window = int(welcome.get("liveness", 4)) + 2
             self._retrying = Retrying.attach(self, welcome)
-            self.logic, self.tracing = traced(self._build_logic(self.config), self)
+            self.logic, self.tracing = traced(build_logic(self.config, self._handler, self._logic_factory), self)
             if needs_graph_io(self.config):  # after the logic: its handler directory is known
                 self._io = GraphIO(self.config, self._route_to, self.error)
             self.logic.bind(self)
@@ -160,6 +161,7 @@ class Worker(Embedded):
             if self.curve:  # senders learn the inbox's public key with its address
                 self.address = self.curve.advertise(self.address)
             self._heartbeats.start(self._loop, float(welcome.get("heartbeat_interval", 0.5)))
+            self._expire_deadlines()
             self._control.send("ready", {"stage": self.stage, "address": self.address,
                                          "pid": os.getpid(), "host": self.host, **self._labels})
             registered = await self._expect("registered", "the broker did not confirm the registration")
@@ -174,10 +176,6 @@ class Worker(Embedded):
             raise
         finally:
             await self._close(inbox)
-
-    @property
-    def loads(self) -> Any:
-        return self.routes.loads
 
     # -- control events (delivered from the control thread) ----------------------------
 
@@ -216,11 +214,7 @@ class Worker(Embedded):
             if not self._feed.loads_in_sequence(body) and self.iid is not None:
                 self._control.send("resync", {})  # a report or a table went missing
             self.outboxes.rotate(body.get("ended", []))  # a heartbeat interval: a new generation
-            if self._retrying is not None:
-                self._retrying.forget(body.get("ended", []))
-            self.routes.forget_requests(body.get("ended", []))
-            if self._io is not None:
-                self._io.forget(body.get("ended", []))
+            self._forget(body.get("ended", []))
             self._oldest_epoch = int(body.get("oldest", 0))
             self.routes.apply_loads(body)
             self._drop_gone()
@@ -268,8 +262,7 @@ class Worker(Embedded):
         if self._retrying is not None:
             self._retrying.table_applied()
         if self._parked and self.routes.ready:
-            parked, self._parked = self._parked, []
-            for consumer, msg, path in parked:
+            for consumer, msg, path in self._parked.take():
                 self._route(msg, path, consumer=consumer)
             self.outboxes.flush_all()
 
@@ -285,8 +278,34 @@ class Worker(Embedded):
             del cancelled[next(iter(cancelled))]
         if self.logic is not None:
             self.logic.cancel(set(rids))
+        self._forget(rids)
+
+    def _forget(self, rids: list[int]) -> None:
+        """These requests are over (they ended, were cancelled, or their deadline passed)."""
         if self._retrying is not None:
             self._retrying.forget(rids)
+        self.routes.forget_requests(rids)
+        if self._io is not None:
+            self._io.forget(rids)
+        self._deadlines.forget(rids)
+
+    def _expire_deadlines(self) -> None:
+        # By itself, without the broker: past a request's deadline (and grace) the gateway
+        # has answered it, so nothing here is of use any more.
+        rids = self._deadlines.expired(self._loop.time())
+        if rids:
+            before = self.stats["deadlines_expired"]
+            self.stats["deadlines_expired"] += len(rids)
+            if not before or before // 1000 != (before + len(rids)) // 1000:  # bounded: each thousand
+                log.warning("stage %s: freed %d request(s) past their deadline with no word from the broker "
+                            "that they ended (%d so far)", self.stage, len(rids), before + len(rids))
+            self._cancel(rids)
+            self.outboxes.forget(rids)
+            self._parked.drop_requests(rids)
+            for task in [t for rid in rids for t in self._inflight.get(rid, ())]:
+                task.cancel()  # a handler still at it holds a concurrency slot for nothing
+        if not self._stop_now:
+            self._loop.call_later(self._control.heartbeat_interval or 0.5, self._expire_deadlines)
 
     def _connect(self, dest: int) -> tuple[str, zmq.asyncio.Socket]:
         address = self.routes.address(dest)
@@ -338,18 +357,18 @@ class Worker(Embedded):
         self._send(self.outboxes.get(GATEWAY), Error(path, self.stage, message, epoch), wire.GATEWAY_STAGE)
 
     def spawn(self, rid: int, work: Awaitable[None]) -> None:
-        self._inflight[rid] += 1
         self._inflight_total += 1
         task = self._loop.create_task(work)
+        self._inflight.setdefault(rid, set()).add(task)
         task.add_done_callback(lambda t, rid=rid: self._work_done(t, rid))
 
     def _work_done(self, task: asyncio.Task, rid: int) -> None:
         self._inflight_total -= 1
-        left = self._inflight[rid] - 1
-        if left:
-            self._inflight[rid] = left
-        else:
-            del self._inflight[rid]
+        tasks = self._inflight.get(rid)
+        if tasks is not None:
+            tasks.discard(task)
+            if not tasks:
+                del self._inflight[rid]
         if not task.cancelled() and task.exception() is not None:
             self.error([rid], f"stage raised {describe(task.exception())}", 0)
         self._resume()
@@ -362,17 +381,14 @@ class Worker(Embedded):
     def _route(self, msg: Message, path: list, stream: bool = False, consumer: int = 0) -> None:
         dest = self.routes.tables[consumer].route(msg, path, stream)
         if dest is PARK:
-            self._parked.append((consumer, msg, path))
-            if len(self._parked) > PARKED_MEMORY:  # waiting for a table, or a stage with no instance
-                self._fail_parked()
+            self._park(consumer, msg, path)
         elif isinstance(dest, Fail):
             self.error(dest.path, dest.reason, dest.epoch)
         else:
             self._send(self.outboxes.get(dest), msg, self.routes.targets[consumer])
 
-    def _fail_parked(self) -> None:
-        parked, self._parked = self._parked, []
-        for rid in {p[0] for _, _, p in parked}:
+    def _park(self, consumer: int, msg: Message, path: list) -> None:
+        for rid in self._parked.add(consumer, msg, path):  # too many waiting: their requests fail
             self.error([rid], f"stage {'/'.join(self.config.consumers)!r} has no instance or no routing table for this "
                               f"request ({PARKED_MEMORY} items waiting)", 0)
 
@@ -433,12 +449,15 @@ class Worker(Embedded):
     def _on_frame(self, frame: bytes) -> None:
         logic = self.logic
         cancelled = self._cancelled
+        deadlines, now = self._deadlines, self._loop.time()
         index, msgs = checked_messages(frame, self.stage, self.stats, self._bad, len(self.config.inputs))
         if self._retrying is not None:
             msgs = self._retrying.incoming(msgs, index)
         for msg in (msgs if self._io is None else self._io.incoming(msgs, index)):
             if cancelled and msg.path[0] in cancelled:
                 continue
+            if msg.left_ms is not None:
+                deadlines.note(msg.path[0], msg.left_ms, now)
             kind = type(msg)
             try:
                 if kind is Data:
@@ -458,17 +477,6 @@ class Worker(Embedded):
     def _bad(self, exc: wire.WireError) -> None:
         self.stats["bad_frames"] += 1
         self._bad_frames("inbox", exc.reason, str(exc))
-
-    def _build_logic(self, config: StageConfig) -> StageLogic:
-        add_handler_dir(config.base_dir)
-        if self._logic_factory is not None:
-            return self._logic_factory(config)
-        handler = self._handler
-        if isinstance(handler, StageLogic):
-            return handler
-        if handler is not None:
-            return FunctionStage(handler)
-        return stage_kind(config.kind).build(config)
 
     async def _close(self, inbox: zmq.Socket | None) -> None:
         self._heartbeats.stop()

@@ -35,10 +35,12 @@ value = st.recursive(
     max_leaves=10)
 # Valid messages of each kind (request ids far from any the gateway gives out).
 path = st.lists(st.integers(0, 5), min_size=0, max_size=3).map(lambda p: [10**12, *p])
+left_ms = st.none() | st.integers(0, 10**12)  # a request's time left, from nothing to 31 years
 DATA_PLANE = [
-    st.tuples(st.just(wire.DATA), path, st.integers(0, 3), value, st.booleans(), st.integers(0, 3)),
-    st.tuples(st.just(wire.END), path, st.integers(0, 3), st.integers(0, 3)),
-    st.tuples(st.just(wire.DROP), path, st.integers(0, 3)),
+    st.tuples(st.just(wire.DATA), path, st.integers(0, 3), value, st.booleans(), st.integers(0, 3),
+              st.none(), st.integers(0, 3), left_ms),
+    st.tuples(st.just(wire.END), path, st.integers(0, 3), st.integers(0, 3), left_ms),
+    st.tuples(st.just(wire.DROP), path, st.integers(0, 3), left_ms),
     st.tuples(st.just(wire.ERROR), path, st.text(max_size=8), st.text(max_size=8), st.integers(0, 3)),
 ]
 CLIENT_PLANE = [

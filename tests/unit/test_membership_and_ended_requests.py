@@ -23,6 +23,18 @@ def test_a_pool_member_is_in_the_table_of_the_epoch_that_adds_it():
     assert [iid for iid, _ in m.table["stages"]["answer"]] == [plain.iid, inst.iid]
 
 
+def test_time_the_broker_could_not_run_is_not_an_instances_silence():
+    m = Membership(["s"], heartbeat_interval=0.2, liveness=3)
+    quiet = m.add("s", b"w1", "tcp://a:1", 11, "h1", now=0.0)
+    lost = m.add("s", b"w2", "tcp://a:2", 12, "h1", now=0.0)
+    m.heartbeat(b"w1", 1.0, 0, [], {})
+    m.heartbeat(b"w2", 1.0, 0, [], {})
+    m.excuse(3.0, now=4.0)  # paused from 1.0 to 4.0: their heartbeats meanwhile are still queued
+    assert m.dead(4.1) == []
+    m.heartbeat(b"w1", 4.2, 0, [], {})  # one of them was alive all along
+    assert [i.iid for i in m.dead(4.0 + 0.6 + 0.01)] == [lost.iid] and quiet.iid in m.instances
+
+
 def test_every_way_a_request_ends_is_recorded_once():
     g = Gateway(request_timeout=1.0, max_inflight=10)
     out: list = []

@@ -160,3 +160,29 @@ def test_a_peer_not_taking_input_parks_only_its_own_frames_up_to_a_budget():
         assert not boxes.over_budget() and boxes.blocked == set()
 
     asyncio.run(scenario())
+
+
+def test_a_requests_time_left_rides_on_its_first_message_to_each_peer_each_interval():
+    left = {1: 1500, 2: None}  # request 2: no deadline known (an older peer sent it)
+    sock = FakeSocket()
+    out = Outbox(7, "tcp://peer:1", sock, window=3, budget=left.get)
+    for msg in (wire.data([1, 0], 0, "a", True, 0), wire.data([1, 1], 0, "b", True, 0), wire.end([1], 2, 0),
+                wire.data([2, 0], 0, "c", True, 0)):
+        out.add(msg, "b")
+    out.rotate([])  # the next interval: stamped once more
+    left[1] = 900
+    out.add(wire.drop([1, 2], 0), "b")
+    out.add(wire.drop([1, 3], 0), "b")
+    out.seal()
+    out.send_ready()
+    got = [(m.path, m.left_ms) for _, ms in msgs_of(sock.frames) for m in ms]
+    assert got == [([1, 0], 1500), ([1, 1], None), ([1], None), ([2, 0], None), ([1, 2], 900), ([1, 3], None)]
+
+
+def test_messages_to_the_gateway_carry_no_time_left():
+    sock = FakeSocket()
+    out = Outbox(GATEWAY, "tcp://gateway:1", sock, window=3, budget=lambda rid: 1500)
+    out.add(wire.data([1], 0, "a", True, 0), wire.GATEWAY_STAGE)
+    out.seal()
+    out.send_ready()
+    assert [m.left_ms for _, ms in msgs_of(sock.frames) for m in ms] == [None]

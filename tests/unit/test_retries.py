@@ -258,7 +258,7 @@ class FakeWorker:
     def error(self, path, reason, epoch):
         self.errors.append((path, reason))
 
-    def _fail_parked(self):
+    def _park(self, consumer, msg, path):
         raise AssertionError("nothing parks here")
 
 

@@ -27,17 +27,26 @@ def test_every_kind_round_trips_in_one_frame():
 
 
 def test_typed_messages_are_the_documented_arrays_byte_for_byte():
-    # DATA [0, path, seq, payload, final, epoch, trace, turns] etc.: a peer that sends plain
-    # arrays is understood (and one that stops at epoch: the appended fields take their defaults).
+    # DATA [0, path, seq, payload, final, epoch, trace, turns, left_ms] etc.: a peer that sends
+    # plain arrays is understood (and one that stops at epoch: the appended fields take their defaults).
     short = msgpack.packb([wire.VERSION, "split", [wire.DATA, [7, 0], 0, "x", True, 3]])
     assert wire.decode_frame(short)[1] == [wire.data([7, 0], 0, "x", True, 3)]
-    as_lists = [[wire.DATA, [7, 0], 0, {"text": "hi"}, True, 3, None, 0], [wire.END, [7], 2, 3],
-                [wire.DROP, [7, 1], 3], [wire.ERROR, [7], "split", "ValueError: bad", 3]]
+    as_lists = [[wire.DATA, [7, 0], 0, {"text": "hi"}, True, 3, None, 0, None], [wire.END, [7], 2, 3, None],
+                [wire.DROP, [7, 1], 3, None], [wire.ERROR, [7], "split", "ValueError: bad", 3, None]]
     typed = [wire.data([7, 0], 0, {"text": "hi"}, True, 3), wire.end([7], 2, 3), wire.drop([7, 1], 3),
              wire.error([7], "split", "ValueError: bad", 3)]
     frame = msgpack.packb([wire.VERSION, "split", *as_lists], use_bin_type=True)
     assert wire.encode_frame("split", typed) == frame
     assert wire.decode_frame(frame)[1] == typed
+
+
+@pytest.mark.parametrize("left", [-1, "5", 1.5, 10**13, [1]])
+def test_a_time_left_that_is_not_a_count_of_milliseconds_is_refused_naming_the_field(left):
+    ok = msgpack.packb([wire.VERSION, "s", [wire.END, [7], 2, 3, 1500]])
+    assert wire.decode_frame(ok)[1][0].left_ms == 1500
+    bad = msgpack.packb([wire.VERSION, "s", [wire.END, [7], 2, 3, left]])
+    with pytest.raises(wire.WireError, match="left_ms"):
+        wire.decode_frame(bad)
 
 
 def test_builder_reports_exact_size_so_the_caller_can_cut_frames():
