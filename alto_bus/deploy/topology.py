@@ -56,7 +56,7 @@ COMMON_STAGE_FIELDS: dict[str, tuple[tuple[type, ...], Any]] = {
     "replicas": ((int,), 1),
     "inbox": ((str,), "tcp://127.0.0.1:0"),
     "advertise": ((str,), None),
-    "queue": ((int,), 4096),            # items a worker holds before it stops reading its inbox
+    "queue": ((int,), 1000),            # frames queued for one instance (its inbox, each sender's link) before it counts as full
     "concurrency": ((int,), 256),       # async handler calls in flight per instance
     "flush_ms": ((int, float), 1.0),    # max time a message waits in a coalescing batch
     "batch_bytes": ((int,), 64 * 1024), # frame size at which a batch is sent at once
@@ -82,7 +82,7 @@ POOL_FIELDS: dict[str, tuple[tuple[type, ...], Any]] = {
     "concurrency": ((int,), 1024),
     "flush_ms": ((int, float), 1.0),
     "batch_bytes": ((int,), 64 * 1024),
-    "queue": ((int,), 4096),
+    "queue": ((int,), 1000),
     "hosts": ((list,), None),            # [[host]] names its members may run on (default: any)
     "gpus": ((int,), None),              # GPUs per member (default: the vllm engine's tensor_parallel_size)
     # engine "openai": remote servers, one member each (member i talks to members[i])

@@ -12,6 +12,7 @@ import random
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from alto_bus.net.sockets import DEFAULT_HWM
 from alto_bus.protocol import wire
 from alto_bus.routing.choice import LoadView
 from alto_bus.routing.pool_route import PoolRoute
@@ -29,6 +30,7 @@ class ConsumerRoutes:
         self.targets = targets
         self.loads = loads
         self.sink = len(tables) == 1 and tables[0].next is None
+        self.queues: dict[str, int] = {}  # consumer stage -> frames queued for one of its instances
 
     @classmethod
     def from_welcome(cls, stage: str, welcome: dict[str, Any],
@@ -55,7 +57,10 @@ class ConsumerRoutes:
         if not tables:  # the sink: its items go to the gateway
             tables.append(RouteTable(stage, rng=rng, loads=loads, results=welcome["results"]))
             targets.append(wire.GATEWAY_STAGE)
-        return cls(stage, tables, targets, loads)
+        routes = cls(stage, tables, targets, loads)
+        routes.queues = {c["config"]["name"]: int(c["config"].get("queue") or DEFAULT_HWM)
+                         for c in welcome.get("consumers") or []}
+        return routes
 
     @classmethod
     def unbound(cls, stage: str, rng: random.Random | None = None) -> ConsumerRoutes:
@@ -96,6 +101,14 @@ class ConsumerRoutes:
             if dest == GATEWAY or dest in t.addresses:
                 return t.address(dest)
         raise KeyError(dest)
+
+    def choices(self) -> list[list[int]]:
+        """The instances each route picks among (the sink's: the gateway)."""
+        return [t.next_ids if t.next is not None else [GATEWAY] for t in self.tables]
+
+    def queue_of(self, dest: int) -> int:
+        """Frames a sender queues for instance ``dest`` before it counts as not taking input."""
+        return self.queues.get(self.consumer_of(dest), DEFAULT_HWM)
 
     def consumer_of(self, dest: int) -> str:
         """The consumer stage an instance belongs to (for error messages)."""

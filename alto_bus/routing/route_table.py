@@ -13,7 +13,7 @@ broker declared dead. For each item it answers one of:
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,6 +60,10 @@ def choose_instance(candidates: Sequence[int], loads: LoadView, rng: random.Rand
     return pow2_choice(candidates, loads, rng)
 
 
+def _nothing_parked(dest: int) -> int:
+    return 0
+
+
 class RouteTable:
     """One sender's view of where the next stage's instances are, per epoch."""
 
@@ -84,6 +88,7 @@ class RouteTable:
         self.addresses: dict[int, str] = {}           # live next-stage instances of kept epochs
         self.dead: set[int] = set()
         self.avoid: set[int] = set()                  # peers not taking input (the sender's blocked outboxes)
+        self.parked: Callable[[int], int] = _nothing_parked  # frames the sender has parked for a peer
         self.next_ids: list[int] = []                 # next-stage instances of the newest epoch
         self._sticky: dict[tuple, int] = {}           # a streamed item's instance until its end
 
@@ -194,7 +199,7 @@ class RouteTable:
         if not ids:
             return PARK
         if self.avoid:  # a stateless hop goes round a peer that is not taking input, if it can
-            ids = [i for i in ids if i not in self.avoid] or ids
+            ids = [i for i in ids if i not in self.avoid] or self._least_parked(ids)
         if stream:
             key = tuple(path)
             dest = self._sticky.get(key)
@@ -208,6 +213,14 @@ class RouteTable:
             dest = pow2_choice(ids, self.loads, self.rng)
         self.loads.note_sent(dest)
         return dest
+
+    def _least_parked(self, ids: list[int]) -> list[int]:
+        """Every peer is full: those with the fewest frames parked. A peer that stopped
+        taking input then gets no more while the others drain theirs, and the sender's
+        park budget is not spent on it (which would stop the sender reading its inbox)."""
+        parked = {i: self.parked(i) for i in ids}
+        least = min(parked.values())
+        return [i for i in ids if parked[i] == least]
 
     def _key_owner(self, epoch: int, path: list, kd: int) -> Decision:
         """The owner of this item's group in the request's epoch: all senders agree on it."""

@@ -1,8 +1,8 @@
 """A worker's PULL inbox, read in bursts from the event loop, paused under backpressure.
 
 The inbox is read from a reader callback, not a coroutine: a frame costs no future, no
-task switch. ZeroMQ's FD is edge-triggered, so every read drains until EAGAIN (or hands
-the rest to the next turn of the loop). While the worker may not take more input (an
+task switch. ZeroMQ's FD is edge-triggered, so every read drains until ZMQ_EVENTS says
+nothing is queued (or hands the rest to the next turn of the loop). While the worker may not take more input (an
 outbox is blocked, or the stage has as much work in hand as its concurrency allows), the
 inbox is not read: its queue fills, and the senders' sends block in turn.
 """
@@ -69,11 +69,16 @@ class Inbox:
             while True:
                 try:
                     frame = sock.recv(zmq.NOBLOCK, copy=True)
-                except zmq.Again:
+                except zmq.Again:  # a wake-up with nothing queued
                     more = bool(sock.getsockopt(zmq.EVENTS) & zmq.POLLIN)
                     break
                 self.on_frame(frame)
                 n += 1
+                # Asking EVENTS (not a recv that raises zmq.Again: a few us per burst, the
+                # cost of a lone message) says whether another frame waits, and re-arms the
+                # edge-triggered FD when none does.
+                if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                    break
                 if n >= BURST_FRAMES or not self.may_read():
                     more = True
                     break

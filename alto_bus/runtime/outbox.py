@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import zmq
@@ -34,9 +34,12 @@ OLDER_MEMORY = 200_000
 # Ids per "lost" control message: keeps control frames bounded.
 LOST_CHUNK = 50_000
 
-# Frames an outbox parks for a peer that is not taking input before its sender stops
-# reading (each at most batch_bytes): below it, only that peer's items wait.
+# Frames an outbox parks for a peer that is not taking input (each at most batch_bytes)
+# before the peer counts as full: when every instance of a next stage is, the sender
+# stops reading its inbox. Below it, only that peer's items wait.
 PEER_PARK_FRAMES = 64
+# ... and what one peer may have parked while its stage's other instances still take input.
+PEER_PARK_MAX = 4 * PEER_PARK_FRAMES
 
 Budget = Callable[[int], int | None]  # request id -> its time left in ms (None: unknown)
 
@@ -163,11 +166,22 @@ class Outboxes:
     def has_backlog(self) -> bool:
         return any(o.backlog for o in self.outs.values())
 
-    def over_budget(self) -> bool:
-        """A peer not taking input has as much parked as it may: stop reading (backpressure).
-        Until then only items for that peer wait; the others go on."""
+    def parked_frames(self, dest: int) -> int:
+        out = self.outs.get(dest)
+        return len(out.backlog) if out is not None else 0
+
+    def over_budget(self, choices: Iterable[Sequence[int]] = ()) -> bool:
+        """Reading more input would only park more (backpressure): every instance of some
+        next stage (``choices``: the instances each route picks from) has its budget parked,
+        or one peer (a key's owner, which nothing else can stand in for) has PEER_PARK_MAX.
+        Until then only items for a full peer wait; the others go on."""
         outs = self.outs
-        return any(len(outs[d].backlog) > PEER_PARK_FRAMES for d in self.blocked if d in outs)
+        parked = {d: len(outs[d].backlog) for d in self.blocked if d in outs}
+        if not parked:
+            return False
+        if max(parked.values()) > PEER_PARK_MAX:
+            return True
+        return any(ids and all(parked.get(d, 0) > PEER_PARK_FRAMES for d in ids) for ids in choices)
 
     def rotate(self, ended: list[int]) -> None:
         for out in self.outs.values():

@@ -145,6 +145,7 @@ class Worker(Embedded):
             self.routes = ConsumerRoutes.from_welcome(self.stage, welcome, self.rng)
             for table in self.routes.tables:
                 table.avoid = self.outboxes.blocked  # the same set: kept up to date by the outboxes
+                table.parked = self.outboxes.parked_frames
             self.outboxes.window = int(welcome.get("liveness", 4)) + 2
             self._retrying = Retrying.attach(self, welcome)
             self.logic, self.tracing = traced(build_logic(self.config, self._handler, self._logic_factory), self)
@@ -155,7 +156,7 @@ class Worker(Embedded):
             # "{instance}" in an ipc inbox keeps the paths of replicas apart.
             bind = (self._inbox_addr or self.config.inbox).replace("{instance}", f"{os.getpid()}-{id(self):x}")
             inbox = make_socket(zmq.Context.instance(), zmq.PULL, bind=bind,
-                                hwm=1000, curve=self.curve.with_allowed(welcome.get("allowed", ())).server(
+                                hwm=self.config.queue, curve=self.curve.with_allowed(welcome.get("allowed", ())).server(
                                     f"stage {self.stage} inbox") if self.curve else None)
             self.address = advertised(bound_address(inbox), self._advertise or self.config.advertise)
             if self.curve:  # senders learn the inbox's public key with its address
@@ -314,7 +315,7 @@ class Worker(Embedded):
             curve = (self.curve.to_broker("results") if dest == GATEWAY
                      else self.curve.to_peer(f"instance {dest}"))
         return address, make_socket(zmq.asyncio.Context.instance(), zmq.PUSH, connect=address,
-                                    immediate=True, curve=curve)
+                                    hwm=self.routes.queue_of(dest), immediate=True, curve=curve)
 
     def _drop_outbox(self, dest: int, why: str) -> None:
         out, frames, rids = self.outboxes.drop(dest)
@@ -425,7 +426,7 @@ class Worker(Embedded):
 
     def _may_read(self) -> bool:
         # Backpressure: no input while a peer has all it may park, or the stage has enough in hand.
-        return (not self._stop_now and not (self.outboxes.blocked and self.outboxes.over_budget())
+        return (not self._stop_now and not (self.outboxes.blocked and self.outboxes.over_budget(self.routes.choices()))
                 and self._inflight_total < self.config.concurrency)
 
     def _resume(self) -> None:

@@ -134,9 +134,10 @@ def test_outboxes_block_while_a_peer_is_full_and_unblock_when_it_takes_the_frame
 
 
 def test_a_peer_not_taking_input_parks_only_its_own_frames_up_to_a_budget():
-    """One full peer does not stop the sender (head-of-line blocking) until it has
-    PEER_PARK_FRAMES parked; the other peers' frames go on meanwhile."""
-    from alto_bus.runtime.outbox import PEER_PARK_FRAMES
+    """One full peer does not stop the sender (head-of-line blocking) while another
+    instance of its stage takes input; the sender stops reading when every instance it
+    could send to has PEER_PARK_FRAMES parked, or one peer (a key's owner) PEER_PARK_MAX."""
+    from alto_bus.runtime.outbox import PEER_PARK_FRAMES, PEER_PARK_MAX
 
     sockets: dict[int, FakeSocket] = {}
 
@@ -146,18 +147,24 @@ def test_a_peer_not_taking_input_parks_only_its_own_frames_up_to_a_budget():
 
     async def scenario() -> None:
         boxes = Outboxes(connect, lambda: None, collections.Counter())
+        alone, beside = [[3], [4]], [[3, 4]]  # 3 as the only choice of a route, or with 4
         for k in range(PEER_PARK_FRAMES):
             for dest in (3, 4):
                 boxes.get(dest).add(wire.data([k], 0, "x", True, 0), "b")
             boxes.flush_all()
             assert boxes.blocked == {3}
-            assert not boxes.over_budget(), f"stopped reading after {k + 1} frames for the full peer"
+            assert not boxes.over_budget(alone), f"stopped reading after {k + 1} frames for the full peer"
         assert boxes.stats["frames_out"] == PEER_PARK_FRAMES, "the other peer got every frame"
         boxes.get(3).add(wire.data([999], 0, "x", True, 0), "b")
         boxes.flush_all()
-        assert boxes.over_budget(), "past its budget the full peer stops the sender"
+        assert boxes.over_budget(alone), "past its budget a full peer nothing can stand in for stops the sender"
+        assert not boxes.over_budget(beside), "another instance of the stage still takes input"
+        for k in range(PEER_PARK_MAX - PEER_PARK_FRAMES):
+            boxes.get(3).add(wire.data([1000 + k], 0, "x", True, 0), "b")
+            boxes.flush_all()
+        assert boxes.over_budget(beside), "past PEER_PARK_MAX one full peer stops the sender"
         boxes.drop(3)
-        assert not boxes.over_budget() and boxes.blocked == set()
+        assert not boxes.over_budget(alone) and boxes.blocked == set()
 
     asyncio.run(scenario())
 

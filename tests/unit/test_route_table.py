@@ -183,6 +183,12 @@ def test_a_stateless_hop_goes_round_a_peer_not_taking_input_but_keys_stay_with_t
     assert {stateless.route(msg, [5]) for _ in range(200)} == {1, 3}
     stateless.avoid = {1, 2, 3}   # every peer full: they still get items (and park them)
     assert {stateless.route(msg, [5]) for _ in range(200)} == {1, 2, 3}
+    # ... the ones with the fewest parked: a peer that stopped taking input gets no more
+    parked = {1: 3, 2: 40, 3: 3}
+    stateless.parked = parked.__getitem__
+    assert {stateless.route(msg, [5]) for _ in range(200)} == {1, 3}
+    parked[1] = 4
+    assert {stateless.route(msg, [5]) for _ in range(20)} == {3}
 
     keyed = RouteTable("a", "b", 2, rng=random.Random(1))
     keyed.apply(table(1, [1, 2, 3]))
