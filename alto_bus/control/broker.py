@@ -15,33 +15,22 @@ results, and publishes routing tables (an epoch per membership change) and loads
 from __future__ import annotations
 
 import logging
-import os
-import random
-import signal
-import socket
 import time
-from collections.abc import Iterable
 from typing import Any
 
 import zmq
 
-from alto_bus.net import curve as keys
 from alto_bus.protocol import control_bodies, wire
-from alto_bus.protocol.messages import Data, Submit
-from alto_bus.control.request_book import ClientOut, Gateway, left_ms
 from alto_bus.control.gateway import GatewaySockets
+from alto_bus.control.gateway_side import GatewaySide, serve_until_signal
 from alto_bus.control.load_reports import LoadReports
 from alto_bus.control.pool_setup import make_pools
-from alto_bus.control.socket_drain import BadFrames, drain_routed
-from alto_bus.control.failure_ledger import Departure, Failure, FailureLedger
-from alto_bus.control.broker_publishing import ENTRY_BACKLOG_FRAMES, BrokerPublishing
+from alto_bus.control.socket_drain import drain_routed
+from alto_bus.control.broker_gateways import BrokerGateways
+from alto_bus.control.broker_publishing import BrokerPublishing
 from alto_bus.control.broker_retries import BrokerRetries
-from alto_bus.control.membership import Instance, Membership
+from alto_bus.control.membership import Membership
 from alto_bus.control.table_reports import TableReports
-from alto_bus.routing.choice import LoadView
-from alto_bus.routing.route_table import choose_instance
-from alto_bus.routing.pool_route import PoolRoute
-from alto_bus.scheduling import make_policy
 from alto_bus.net.sockets import advertised, bound_address, make_socket
 from alto_bus.deploy.topology import Topology
 
@@ -51,49 +40,27 @@ log = logging.getLogger("alto.broker")
 MAX_HELD_REPORT = 100_000
 
 
-class Broker(BrokerPublishing, BrokerRetries):
+class Broker(GatewaySide, BrokerGateways, BrokerPublishing, BrokerRetries):
     def __init__(self, topology: Topology, *, ctx: zmq.Context | None = None, id_base: int = 0) -> None:
-        self.topology = topology
-        cfg = topology.broker
-        self.cfg = cfg
-        self.ctx = ctx or zmq.Context.instance()
-        self.stage_names = [s.name for s in topology.stages]
+        self._init_gateway_side(topology, ctx, 0, "broker")  # gateway 0 (alto_bus/control/gateway_side.py)
+        cfg = self.cfg
         keyed = {s.name: float(s.fields.get("eps", 0.25)) for s in topology.stages if s.key_depth is not None}
         self.members = Membership(self.stage_names, cfg.heartbeat_interval, cfg.heartbeat_liveness, keyed,
                                   id_base=id_base)
-        self.gateway = Gateway(cfg.request_timeout, cfg.max_inflight)
-        self.pool_of = {s: p.name for p in topology.pools for s in p.stages}
         # Each stage's instances get the loads of the stages they feed, as they change.
         self.load_reports = LoadReports({s.name: s.consumers for s in topology.stages}, self.pool_of,
                                         cfg.loads_full_every)
         # Each stage's instances get its view of the routing table, whole or as changes.
         self.table_reports = TableReports({s.name: s.consumers for s in topology.stages})
-        self._init_publishing()  # tables, entry links (alto_bus/control/broker_publishing.py)
         self.pools = make_pools(topology)
         self._next_round = 0.0
-        # An entry stage on a pool is routed by the pool's policy, like any other prompt
-        # of the pool: else the placement would assume a load that goes elsewhere.
-        entry = topology.entry
-        self.entry_pool = self.pool_of.get(entry.name)
-        self.entry_route: PoolRoute | None = None
-        if self.entry_pool is not None:
-            pool = topology.pool(self.entry_pool)
-            self.entry_route = PoolRoute(entry.name, make_policy(pool.policy, **(pool.policy_args or {})))
-        self.loads = LoadView()
-        self.rng = random.Random(0x5EED)
-        self.host = socket.gethostname()
-        self.bad = BadFrames(log)
-        self.stopping = False
-        self.curve = keys.topology_curve(topology, "broker")  # [security]: CURVE on every socket; None: plain
-        # Instances retired, suspected or gone, and what each leaves to settle.
-        self.ledger = FailureLedger(cfg.heartbeat_interval * cfg.heartbeat_liveness)
-        self._init_retries(topology)  # stages with retries (alto_bus/control/broker_retries.py)
         self.control = make_socket(self.ctx, zmq.ROUTER, bind=cfg.control,
                                    options={zmq.ROUTER_MANDATORY: 1},
                                    curve=self.curve and self.curve.server("broker control"))
         self.gateway_io = GatewaySockets(self.ctx, cfg, self.curve, self.gateway, self._submit, self.bad)
         self.addresses = {"control": advertised(bound_address(self.control), cfg.advertise),
                           **self.gateway_io.addresses}
+        self._init_gateways()  # the gateways beside this one (alto_bus/control/broker_gateways.py)
         self._next_tick = 0.0
         self.ticks = 0
 
@@ -118,12 +85,7 @@ class Broker(BrokerPublishing, BrokerRetries):
                     self._publish_table()
                 if now >= self._next_tick:
                     self._tick(now)
-                self.gateway_io.expire(now)
-                self._flush_entries()
-                self._watch_entries()
-                self.gateway_io.flush(now)
-                if self.gateway.cancelled:
-                    self._broadcast_cancels()
+                self._end_turn(now)
         finally:
             self._shutdown_workers()
 
@@ -191,7 +153,7 @@ class Broker(BrokerPublishing, BrokerRetries):
             "consumers": consumers,
             "heartbeat_interval": self.cfg.heartbeat_interval,
             "liveness": self.cfg.heartbeat_liveness,
-            "results": self.addresses["results"],
+            "results": self.results_addresses(),
             "allowed": sorted(self.curve.allowed) if self.curve else [],  # whom an inbox lets in
         })
 
@@ -240,31 +202,7 @@ class Broker(BrokerPublishing, BrokerRetries):
             self.bad("control", "lost from a non-member", f"lost report from unregistered peer {identity!r:.40}")
             return
         self.ledger.reported_lost(body.iid, body.rids, now, body.older)
-
-    def _settle_lost(self, now: float) -> None:
-        # Called each tick after any new table is out: the resends it asks for use that table.
-        if self.retry_book.pending:
-            self._send_resends()
-        self.retry_book.prune(self.gateway.requests)
-        if not self.ledger.records:
-            return
-        failures = self.ledger.settle(now, self.gateway.requests, self.members.by_identity, self._held)
-        self._fail(failures, "failed %d request(s) whose items were on their way to instance %d")
-
-    def _held(self) -> set[int]:
-        """Every request id a live instance reported holding in its last heartbeat."""
-        return {rid for inst in self.members.instances.values() for rid in inst.held}
-
-    def _fail(self, failures: list[Failure], what: str) -> None:
-        """Fail each request once with its ledger's message; one log line per instance."""
-        out: list[ClientOut] = []
-        counts: dict[int, int] = {}
-        for f in failures:
-            if self.gateway.fail(f.rid, f.stage, f.message, out):
-                counts[f.iid] = counts.get(f.iid, 0) + 1
-        for iid, n in counts.items():
-            log.error(what, n, iid)
-        self.gateway_io.queue(out)
+        self._forward_ids("gw_lost", body)
 
     def _op_bye(self, identity: bytes, body: control_bodies.Bye, now: float) -> None:
         iid = self.members.by_identity.get(identity)
@@ -295,7 +233,8 @@ class Broker(BrokerPublishing, BrokerRetries):
             "ticks": self.ticks,
             "addresses": self.addresses,
             "stages": stages,
-            "gateway": self.gateway_io.status(),
+            "gateway": self.gateways_status(),
+            "gateways": self.gateway_list(),
         }
 
     def _tick(self, now: float) -> None:
@@ -323,7 +262,7 @@ class Broker(BrokerPublishing, BrokerRetries):
         loads = self.members.loads()
         self.loads.update(loads)
         common = {"epoch": self.members.epoch, "ended": ended,
-                  "oldest": self.gateway.oldest_epoch(self.members.epoch)}
+                  "oldest": self._oldest_epoch()}
         placements = member_loads = None
         if self.pools:
             if now >= self._next_round:
@@ -332,6 +271,7 @@ class Broker(BrokerPublishing, BrokerRetries):
             placements = {n: p.placement.to_dict() for n, p in self.pools.items() if p.placement}
             member_loads = {n: p.member_loads for n, p in self.pools.items()}
             self._update_entry_route({"placements": placements, "member_loads": member_loads})
+        self._send_views(placements, member_loads)
         instances = self.members.instances
         for iid, frame in self.load_reports.frames(common, loads, {i: inst.stage for i, inst in instances.items()},
                                                    placements, member_loads):
@@ -339,18 +279,6 @@ class Broker(BrokerPublishing, BrokerRetries):
                 self.control.send_multipart([instances[iid].identity, frame], zmq.NOBLOCK)
             except zmq.ZMQError as exc:
                 log.debug("loads to %r not sent: %s", instances[iid].identity, exc)
-
-    def _update_entry_route(self, body: dict) -> None:
-        route = self.entry_route
-        if route is None:
-            return
-        name = self.entry_pool
-        route.update(body["placements"].get(name), body["member_loads"].get(name))
-        route.members({i.iid: i.member for i in self.members.instances.values() if i.member is not None},
-                      self.members.routable(self.topology.entry.name))
-        spills = route.policy.drain_spills()
-        if spills:
-            self.pools[name].note_spills(spills)
 
     def _schedule_pools(self) -> None:
         for name, sched in self.pools.items():
@@ -367,24 +295,6 @@ class Broker(BrokerPublishing, BrokerRetries):
         self._send_control(identity, "pool_info", {
             "pool": pool.to_dict(), "stages": {s: self.topology.stage(s).to_dict() for s in pool.stages}})
 
-    def _fail_held(self, inst: Instance | None, why: str, retry: bool = True) -> None:
-        """``inst`` died or left: fail what it held and what the gateway sent it lately."""
-        if inst is None:
-            return
-        recent: Iterable[int] = ()
-        older: Iterable[int] = ()
-        link = self.entries.get(inst.iid) or self.ledger.retired_link(inst.iid)
-        if link is not None:
-            recent, older = link.sent.lost()
-        departure = Departure(inst.stage, inst.pid, inst.host, inst.identity, why)
-        if retry and self.retry_book.retries(inst.stage):
-            self._retry_departed(inst, departure, time.monotonic(), [*inst.held, *recent, *older])
-        else:
-            failures = self.ledger.departed(inst.iid, departure, time.monotonic(), inst.held, recent, older)
-            self._fail(failures, "failed %d request(s) held by instance %d")
-        if inst.pool in self.pools and not any(i.member == inst.member for i in self.members.instances.values()):
-            self.pools[inst.pool].forget(inst.member)  # the member is gone: so are its figures
-
     def _broadcast_cancels(self) -> None:
         body = {"rids": self.gateway.cancelled}
         self.gateway.cancelled = []
@@ -394,47 +304,6 @@ class Broker(BrokerPublishing, BrokerRetries):
     def _shutdown_workers(self) -> None:
         for inst in self.members.instances.values():
             self._send_control(inst.identity, "shutdown", {})
-
-    # -- gateway -----------------------------------------------------------------------
-
-    def _submit(self, identity: bytes, msg: Submit, now: float, out: list[ClientOut]) -> None:
-        cid, payload, stream, timeout = msg.cid, msg.payload, msg.stream, msg.timeout
-        if not self.members.complete:
-            missing = [n for n in self.stage_names if not self.members.count(n)]
-            out.append((identity, [wire.FAILED, cid, "gateway",
-                                   f"unavailable: stage(s) {missing} have no live instance"]))
-            self.gateway.stats.rejected += 1
-            return
-        entry_ids = self.members.routable(self.topology.entry.name)
-        if self._table_due and any(i not in self.entries for i in entry_ids):
-            self._publish_table()  # a new entry instance: its link comes with its epoch
-        # A few parked frames are a link still connecting or a moment's backpressure (it is
-        # flushed every loop); only a long backlog means the instance is not taking input.
-        entries = self.entries  # an instance joins them when its epoch is published
-        writable = [i for i in entry_ids if i in entries and len(entries[i].backlog) < ENTRY_BACKLOG_FRAMES]
-        if not writable:
-            why = (f"overloaded: stage {self.topology.entry.name!r} is not taking input"
-                   if entry_ids else f"unavailable: stage {self.topology.entry.name!r} has no live instance")
-            out.append((identity, [wire.FAILED, cid, "gateway", why]))
-            self.gateway.stats.rejected += 1
-            return
-        rid = self.gateway.admit(identity, cid, stream, timeout, now, self.members.epoch)
-        if isinstance(rid, str):
-            out.append((identity, [wire.FAILED, cid, "gateway", rid]))
-            return
-        iid = choose_instance(writable, self.loads, self.rng, self.entry_route)
-        self.loads.note_sent(iid)
-        link = self.entries[iid]
-        link.sent.add(rid)
-        req = self.gateway.requests[rid]
-        if self.retry_book.limits.get(self.topology.entry.name):  # kept to be sent again (retries)
-            req.entry, req.kept = iid, payload
-        spans = self.gateway_io.spans  # tracing: the request's span, its context on the first DATA
-        trace = spans.start(identity, msg, rid, self.topology.entry.name, iid) if spans else None
-        # Its time left travels with it: every worker frees what it holds past the deadline.
-        first = Data([rid], 0, payload, True, self.members.epoch, trace, 0, left_ms(req.deadline, now))
-        if link.batch.add(first) >= self.topology.entry.batch_bytes:
-            self._send_entry(link)
 
     def close(self) -> None:
         for link in self.entries.values():
@@ -446,17 +315,4 @@ class Broker(BrokerPublishing, BrokerRetries):
 def run_broker(topology: Topology, announce: Any = None, id_base: int = 0) -> None:
     """Run a broker until SIGTERM/SIGINT or a shutdown request; ``announce(addresses)`` once bound.
     ``id_base``: first epoch and instance id (a restarted broker starts above its predecessor's)."""
-    broker = Broker(topology, id_base=id_base)
-
-    def stop(signum: int, frame: Any) -> None:
-        broker.stopping = True
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    if announce is not None:
-        announce(broker.addresses)
-    try:
-        broker.serve()
-    finally:
-        broker.close()
-        log.info("broker stopped (pid %d)", os.getpid())
+    serve_until_signal(Broker(topology, id_base=id_base), announce, "broker")

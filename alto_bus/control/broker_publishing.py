@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Container
 
 import zmq
 
@@ -56,13 +57,14 @@ class BrokerPublishing:
         self._table_due = False
         self._published_at = time.monotonic()
         epoch = self.members.epoch
-        table = self.members.published(self.gateway.oldest_epoch(epoch))
-        table["results"] = self.addresses["results"]
+        table = self.members.published(self._oldest_epoch())
+        table["results"] = self.results_addresses()
         instances = self.members.instances
         for iid, frame in self.table_reports.frames(table, {i: inst.stage for i, inst in instances.items()}):
             self._send_frame(instances[iid].identity, frame, "table")
         log.debug("epoch %d published: %d bytes", epoch, self.table_reports.bytes_last)
         self._sync_entries()
+        self._send_views()  # the gateways beside this one follow it too
 
     def _publish_at(self) -> float:
         """When registrations may cut the next epoch: every epoch sends each instance its
@@ -93,14 +95,17 @@ class BrokerPublishing:
                     self._poller.unregister(link.sock)
                     self._pollout.discard(link.sock)
                 link.sock.close(linger=0)
-                if iid in self.members.instances:
+                if iid in self._member_ids():
                     self.ledger.retired_from_routing(iid, link)
-        self.ledger.left_membership(self.members.instances)
+        self.ledger.left_membership(self._member_ids())
         for iid, address in want.items():
             if iid not in self.entries:
                 sock = make_socket(self.ctx, zmq.PUSH, connect=address, immediate=True,
                                    curve=self.curve and self.curve.to_peer(f"gateway to {entry} instance {iid}"))
                 self.entries[iid] = EntryLink(sock, entry)
+
+    def _member_ids(self) -> Container[int]:
+        return self.members.instances
 
     def _send_entry(self, link: EntryLink) -> None:
         if len(link.batch):

@@ -45,12 +45,16 @@ class BrokerRetries:
         if identity not in self.members.by_identity:
             self.bad("control", "resent from a non-member", f"resent report from unregistered peer {identity!r:.40}")
             return
-        rec = self.ledger.records.get(body.iid)
+        self._count_resent(body.iid, body.rids)
+        self._forward_ids("gw_resent", body)
+
+    def _count_resent(self, iid: int, rids: list[int]) -> None:
+        rec = self.ledger.records.get(iid)
         if rec is None or rec.departure is None:
             return  # a departure long forgotten: nothing to count against
         requests = self.gateway.requests
-        _, exhausted = self.retry_book.departed(body.iid, rec.departure.stage, [r for r in body.rids if r in requests])
-        self._fail_exhausted(body.iid, rec.departure, exhausted)
+        _, exhausted = self.retry_book.departed(iid, rec.departure.stage, [r for r in rids if r in requests])
+        self._fail_exhausted(iid, rec.departure, exhausted)
 
     def _retry_departed(self, inst: Instance, departure: Departure, now: float, rids: Iterable[int]) -> None:
         """An instance of a stage with retries went: its requests are not failed but sent

@@ -55,13 +55,16 @@ class GatewayStats:
 
 
 class Gateway:
-    def __init__(self, request_timeout: float, max_inflight: int) -> None:
+    def __init__(self, request_timeout: float, max_inflight: int, index: int = 0, count: int = 1) -> None:
         self.request_timeout = request_timeout
         self.max_inflight = max_inflight
         self.requests: dict[int, Request] = {}
         self.by_client: dict[bytes, dict[int, int]] = {}  # identity -> cid -> rid
         self._deadlines: list[tuple[float, int]] = []
-        self._next_rid = int(time.time() * 1000) << 16  # unlikely to meet a previous run's ids
+        # Unlikely to meet a previous run's ids. Gateway ``index`` of ``count`` admits the ids
+        # ``rid % count == index``: the last stage sends each result to its own gateway.
+        self._next_rid = (int(time.time() * 1000) << 16) // count * count + index
+        self._rid_step = count
         self.stats = GatewayStats()
         self.cancelled: list[int] = []  # requests that ended early: workers drop their work
         self.ended: list[int] = []      # requests that ended since the broker last said so (any way)
@@ -84,7 +87,7 @@ class Gateway:
             self.stats.rejected += 1
             return f"bad request: request id {cid} is already in flight for this client"
         rid = self._next_rid
-        self._next_rid += 1
+        self._next_rid += self._rid_step
         deadline = now + (timeout or self.request_timeout)
         self.requests[rid] = Request(rid, client, cid, bool(stream), deadline, now, epoch,
                                      GroupTracker((rid,)))

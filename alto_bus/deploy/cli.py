@@ -68,8 +68,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_broker(args: argparse.Namespace) -> int:
-    from alto_bus.control.broker import run_broker
+def _tier_topology(args: argparse.Namespace) -> Any:
+    """The topology for ``alto broker`` / ``alto gateway`` (bound on --bind-host in a cluster),
+    or None after printing why it cannot be read."""
     from alto_bus.deploy.topology import TopologyError, load
 
     _logging()
@@ -77,12 +78,41 @@ def cmd_broker(args: argparse.Namespace) -> int:
         topo = load(args.topology)
     except TopologyError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
-
+        return None
     if args.bind_host:  # a host of a cluster: loopback addresses become this host's
         from alto_bus.deploy.plan import bind_broker_on
 
         topo = bind_broker_on(topo, args.bind_host, args.port_base)
+    return topo
+
+
+def cmd_gateway(args: argparse.Namespace) -> int:
+    from alto_bus.control.gateway_process import run_gateway
+
+    topo = _tier_topology(args)
+    if topo is None:
+        return 2
+    rebind = json.loads(args.rebind) if args.rebind else None
+
+    def announce(addresses: dict[str, str]) -> None:
+        print(json.dumps(addresses) if args.announce else f"gateway {addresses['gateway']}", flush=True)
+
+    import zmq
+
+    try:
+        run_gateway(topo, args.control, args.index, announce, rebind)
+    except (ValueError, zmq.ZMQError) as exc:
+        print(f"error: gateway {args.index}: {exc}", file=sys.stderr, flush=True)
+        return 1
+    return 0
+
+
+def cmd_broker(args: argparse.Namespace) -> int:
+    from alto_bus.control.broker import run_broker
+
+    topo = _tier_topology(args)
+    if topo is None:
+        return 2
     id_base = 0
     if args.rebind:  # a restart: the same addresses, and epochs and ids above any the last run used
         import dataclasses
@@ -350,6 +380,16 @@ def main(argv: list[str] | None = None) -> int:
                                                  "BASE, BASE+1, BASE+2 where the file says 0")
     p.add_argument("--rebind", help="a restart: bind the addresses a previous broker announced (its JSON line)")
     p.set_defaults(func=cmd_broker)
+
+    p = sub.add_parser("gateway", help="run one of the gateways beside the broker ([broker] gateways = N)")
+    p.add_argument("topology")
+    p.add_argument("--index", type=int, required=True, help="which gateway: 1 .. N-1 (the broker is gateway 0)")
+    p.add_argument("--control", required=True, help="the broker's control address")
+    p.add_argument("--announce", action="store_true", help="print the bound addresses as one JSON line")
+    p.add_argument("--bind-host", help="in a cluster: bind loopback addresses on this host address instead")
+    p.add_argument("--port-base", type=int, help="with --bind-host: as for alto broker")
+    p.add_argument("--rebind", help="a restart: bind the addresses this gateway announced before (its JSON line)")
+    p.set_defaults(func=cmd_gateway)
 
     p = sub.add_parser("worker", help="run one instance of a stage")
     p.add_argument("--broker", required=True, help="the broker's control address")

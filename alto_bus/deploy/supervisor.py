@@ -76,6 +76,7 @@ class Supervisor:
     stop_grace: float | None = None      # per group (instances, broker); default 10 s here, 40 s on a node
     children: list[Child] = field(default_factory=list)
     addresses: dict[str, str] = field(default_factory=dict)
+    own: dict[str, dict[str, str]] = field(default_factory=dict)  # "broker", "gateway#g" -> what it bound
     _restarts: list[float] = field(default_factory=list)   # when the broker was restarted
     _metrics: Any = None                 # the NodeMetrics server, with --metrics-port
 
@@ -145,27 +146,48 @@ class Supervisor:
         self._print(f"{'' if p.local else f'host {self.name}: '}metrics {url}")
 
     def _start_broker(self, rebind: dict[str, str] | None = None) -> None:
+        self._spawn_tier("broker", ["broker", self.topology_path], rebind, "the broker")
+        self.addresses = {**self.addresses, **self.own["broker"]}
+        if rebind is not None:
+            self._join_gateways()
+            return
+        self.broker = self.addresses["control"]
+        for g in range(1, self.plan.topology.broker.gateways):
+            self._start_gateway(g)
+        if self.announce:
+            self._print(json.dumps(self.addresses))
+        else:
+            self._print(f"gateway {self.addresses['gateway']}")
+            self._print(f"control {self.addresses['control']}")
+
+    def _start_gateway(self, index: int, rebind: dict[str, str] | None = None) -> None:
+        """Gateway ``index`` beside the broker (``[broker] gateways``), on its own addresses."""
+        assert self.broker is not None
+        self._spawn_tier(f"gateway#{index}", ["gateway", self.topology_path, "--index", str(index),
+                                              "--control", self.broker], rebind, f"gateway {index}")
+        self._join_gateways()
+
+    def _spawn_tier(self, role: str, args: list[str], rebind: dict[str, str] | None, what: str) -> None:
+        """Start the broker or a gateway and read the addresses it bound into ``own[role]``."""
         assert self.plan is not None
-        args = ["broker", self.topology_path, "--announce"]
+        args = [*args, "--announce"]
         if not self.plan.local:
             args += ["--bind-host", self.plan.host.address]
         if self.port_base is not None:
             args += ["--port-base", str(self.port_base)]
         if rebind is not None:
             args += ["--rebind", json.dumps(rebind)]
-        broker = self._spawn("broker", args, stdout=subprocess.PIPE)
+        child = self._spawn(role, args, stdout=subprocess.PIPE)
         try:
-            self.addresses = {**self.addresses, **_read_announcement(broker.proc, timeout=30, what="the broker")}
+            self.own[role] = _read_announcement(child.proc, timeout=30, what=what)
         except NodeError as exc:
             raise NodeError(f"{self._who}{exc}") from None
-        if rebind is not None:
-            return
-        self.broker = self.addresses["control"]
-        if self.announce:
-            self._print(json.dumps(self.addresses))
-        else:
-            self._print(f"gateway {self.addresses['gateway']}")
-            self._print(f"control {self.addresses['control']}")
+
+    def _join_gateways(self) -> None:
+        """Clients get every gateway's address, comma-separated (the broker's first)."""
+        assert self.plan is not None
+        roles = ["broker", *(f"gateway#{g}" for g in range(1, self.plan.topology.broker.gateways))]
+        self.addresses["gateway"] = ",".join(self.own[r]["gateway"] for r in roles if r in self.own)
 
     def _start_http(self) -> None:
         """The HTTP front door, when asked for; prints ``http http://HOST:PORT`` once it listens."""
@@ -296,18 +318,22 @@ class Supervisor:
                     continue
                 child.done = True
                 self._print(f"{prefix}{child.role} (pid {child.proc.pid}) exited with code {code}")
-                if child.role == "broker" and self._may_restart_broker():
+                tier = child.role == "broker" or child.role.startswith("gateway#")
+                if tier and self._may_restart_broker():
                     # The same addresses: instances register again, clients reconnect; what
-                    # the broker held (requests in flight) is lost, and clients are told.
+                    # it held (requests in flight) is lost, and clients are told.
                     try:
-                        self._start_broker(rebind=self.addresses)
+                        if child.role == "broker":
+                            self._start_broker(rebind=self.own["broker"])
+                        else:
+                            self._start_gateway(int(child.role[len("gateway#"):]), rebind=self.own[child.role])
                     except NodeError as exc:
-                        self._print(f"{prefix}broker could not be restarted: {exc}")
+                        self._print(f"{prefix}{child.role} could not be restarted: {exc}")
                         return 1
-                    self._print(f"{prefix}broker restarted (pid {self.children[-1].proc.pid}) on "
-                                f"{self.addresses['control']}")
+                    where = self.own[child.role]["control" if child.role == "broker" else "gateway"]
+                    self._print(f"{prefix}{child.role} restarted (pid {self.children[-1].proc.pid}) on {where}")
                     break  # the list of children changed
-                if child.role in ("broker", "http"):  # the service is down (or half down)
+                if tier or child.role == "http":  # the service is down (or half down)
                     return 1
             workers = [c for c in self.children if c.placed is not None]
             if workers and all(c.done for c in workers) and not self.plan.runs_broker:
@@ -330,8 +356,9 @@ class Supervisor:
                 10.0 if self.plan is None or self.plan.local else 40.0)
         # The front door first (no new requests), instances next (they drain), the broker last.
         door = [c for c in self.children if c.role == "http"]
-        instances = [c for c in self.children if c.role not in ("broker", "http")]
-        for group in (door, instances, [c for c in self.children if c.role == "broker"]):
+        tier = [c for c in self.children if c.role == "broker" or c.role.startswith("gateway#")]
+        instances = [c for c in self.children if c.role != "http" and c not in tier]
+        for group in (door, instances, tier):
             for child in group:
                 if child.proc.poll() is None:
                     try:

@@ -45,6 +45,8 @@ BROKER_FIELDS: dict[str, tuple[tuple[type, ...], Any]] = {
     "client_backlog_answers": ((int,), 200_000),
     # Ticks between whole loads reports; in between only changed loads go (1: all every tick).
     "loads_full_every": ((int,), 120),
+    # Gateway processes (the broker's own and gateways - 1 beside it): requests and results spread over them.
+    "gateways": ((int,), 1),
 }
 
 COMMON_STAGE_FIELDS: dict[str, tuple[tuple[type, ...], Any]] = {
@@ -111,6 +113,7 @@ class BrokerConfig:
     client_backlog_bytes: int = 64 * 1024 * 1024
     client_backlog_answers: int = 200_000
     loads_full_every: int = 120
+    gateways: int = 1
 
 
 @dataclass(frozen=True)
@@ -249,6 +252,8 @@ def parse(raw: dict[str, Any], *, source: str = "<topology>", check_handlers: bo
         raise TopologyError(f"{source}: [broker] request_timeout must be > 0 and max_inflight >= 1")
     if broker.client_backlog_bytes < 1 or broker.client_backlog_answers < 1:
         raise TopologyError(f"{source}: [broker] client_backlog_bytes and client_backlog_answers must be >= 1")
+    if not 1 <= broker.gateways <= 64:
+        raise TopologyError(f"{source}: [broker] gateways must be between 1 and 64, got {broker.gateways}")
     if broker.loads_full_every < 1:
         raise TopologyError(f"{source}: [broker] loads_full_every must be >= 1 (ticks between whole loads reports)")
 

@@ -16,7 +16,7 @@ from alto_bus.net.sockets import DEFAULT_HWM
 from alto_bus.protocol import wire
 from alto_bus.routing.choice import LoadView
 from alto_bus.routing.pool_route import PoolRoute
-from alto_bus.routing.route_table import GATEWAY, RouteTable
+from alto_bus.routing.route_table import GATEWAY, RouteTable, gateway_dest
 
 
 class ConsumerRoutes:
@@ -98,13 +98,23 @@ class ConsumerRoutes:
 
     def address(self, dest: int) -> str:
         for t in self.tables:
-            if dest == GATEWAY or dest in t.addresses:
+            if dest <= GATEWAY or dest in t.addresses:
                 return t.address(dest)
         raise KeyError(dest)
 
     def choices(self) -> list[list[int]]:
-        """The instances each route picks among (the sink's: the gateway)."""
-        return [t.next_ids if t.next is not None else [GATEWAY] for t in self.tables]
+        """The instances each route picks among (the sink's: each gateway, on its own)."""
+        out = []
+        for t in self.tables:
+            if t.next is not None:
+                out.append(t.next_ids)
+            else:
+                out.extend([-g] for g in range(len(t.results)))
+        return out
+
+    def gateway_of(self, rid: int) -> int:
+        """The destination of the gateway that admitted ``rid`` (its errors go there)."""
+        return gateway_dest(rid, len(self.tables[0].results))
 
     def queue_of(self, dest: int) -> int:
         """Frames a sender queues for instance ``dest`` before it counts as not taking input."""
@@ -123,7 +133,7 @@ class ConsumerRoutes:
             return self.tables[0].gone(links)
         out = []
         for d, address in links.items():
-            if d == GATEWAY:
+            if d <= GATEWAY:
                 continue
             known = [t for t in self.tables if d in t.addresses]
             if not known:

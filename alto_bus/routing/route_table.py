@@ -5,7 +5,8 @@ keyed hop routes by the request's epoch, not the newest one), the key tables of 
 stage, the pool placement when that stage runs on an LM pool, and the instances the
 broker declared dead. For each item it answers one of:
 
-* an instance id (``GATEWAY`` for the last stage: the results inbox),
+* an instance id (``GATEWAY`` for the last stage: the results inbox; with several
+  gateways, ``gateway_dest(rid, n)``: the one that admitted the request),
 * ``PARK``: no instance can take it yet (the table it needs is on its way),
 * a :class:`Fail`: it can never be delivered (its group's owner died, its epoch is gone).
 """
@@ -25,6 +26,16 @@ from alto_bus.routing.pool_route import PoolRoute
 # The destination id of the gateway's results inbox. Instance ids start at 1
 # (control/membership.py), so 0 is reserved for it and never names an instance.
 GATEWAY = 0
+
+
+def gateway_dest(rid: int, n: int) -> int:
+    """The destination id of the gateway that admitted request ``rid`` when there are
+    ``n`` gateways: gateway ``g`` admits the ids ``rid % n == g`` and is destination ``-g``."""
+    return -(rid % n) if n > 1 else GATEWAY
+
+
+def is_gateway(dest: int) -> bool:
+    return dest <= GATEWAY
 
 
 class _Park:
@@ -64,6 +75,14 @@ def _nothing_parked(dest: int) -> int:
     return 0
 
 
+def _results(results: str | list[str] | None) -> list[str]:
+    """The gateways' results addresses as published: one string, or one per gateway
+    ("" for a gateway not started yet)."""
+    if results is None:
+        return [""]
+    return [results] if isinstance(results, str) else [str(r) for r in results] or [""]
+
+
 class RouteTable:
     """One sender's view of where the next stage's instances are, per epoch."""
 
@@ -72,7 +91,7 @@ class RouteTable:
     def __init__(self, stage: str, next_stage: str | None = None, key_depth: int | None = None, *,
                  pool: PoolRoute | None = None, pool_name: str | None = None,
                  rng: random.Random | None = None, loads: LoadView | None = None,
-                 results: str | None = None) -> None:
+                 results: str | list[str] | None = None) -> None:
         self.stage = stage                  # the sending stage
         self.next = next_stage              # None: the sender is the last stage
         self.key_depth = key_depth          # the next stage's aggregation depth (None: stateless)
@@ -80,7 +99,7 @@ class RouteTable:
         self.pool_name = pool_name
         self.rng = rng or random.Random(0)
         self.loads = loads or LoadView()
-        self.results = results              # the gateway's results address
+        self.results = _results(results)    # each gateway's results address, by gateway index
         self.table: dict[str, Any] = {"epoch": 0, "stages": {}}  # the newest table
         self.tables: dict[int, dict[str, Any]] = {}   # epoch -> table, epochs still in flight
         self.keys: dict[int, KeyTable] = {}           # epoch -> key table of the next stage
@@ -103,7 +122,8 @@ class RouteTable:
         epoch = int(table["epoch"])
         self.table = table
         self.tables[epoch] = table
-        self.results = table.get("results", self.results)
+        if "results" in table:
+            self.results = _results(table["results"])
         self.dead = {int(i) for i in table.get("dead", ())}  # the broker's recent deaths: bounded
         nxt = self.next
         stages = table["stages"]
@@ -161,7 +181,7 @@ class RouteTable:
                     if int(iid) not in self.dead:
                         live[int(iid)] = addr
         self.addresses = live
-        self._sticky = {p: d for p, d in self._sticky.items() if d in live or d == GATEWAY}
+        self._sticky = {p: d for p, d in self._sticky.items() if d in live or d <= GATEWAY}
 
     def gone(self, links: Mapping[int, str]) -> list[tuple[int, str]]:
         """Of ``links`` (instance -> the address this sender's link to it dials), those no kept
@@ -169,7 +189,9 @@ class RouteTable:
         names another address: a restarted broker numbers instances afresh)."""
         out = []
         for d, address in links.items():
-            if d == GATEWAY:
+            if d <= GATEWAY:
+                if -d < len(self.results) and self.results[-d] not in (address, ""):
+                    out.append((d, "moved"))  # a gateway restarted elsewhere
                 continue
             if d not in self.addresses:
                 out.append((d, "died" if d in self.dead else "left the routing table"))
@@ -178,7 +200,7 @@ class RouteTable:
         return out
 
     def address(self, dest: int) -> str:
-        return self.results if dest == GATEWAY else self.addresses[dest]
+        return self.results[-dest] if dest <= GATEWAY else self.addresses[dest]
 
     @property
     def ready(self) -> bool:
@@ -191,7 +213,7 @@ class RouteTable:
         """Where ``msg`` (a DATA/END/DROP of item ``path``) goes next.
         ``stream``: a chunk of a streamed item; all its chunks go to one instance."""
         if self.next is None:
-            return GATEWAY
+            return GATEWAY if len(self.results) < 2 else self.gateway_for(path[0])
         kd = self.key_depth
         if kd is not None and len(path) >= kd:
             return self._key_owner(msg.epoch, path, kd)
@@ -213,6 +235,11 @@ class RouteTable:
             dest = pow2_choice(ids, self.loads, self.rng)
         self.loads.note_sent(dest)
         return dest
+
+    def gateway_for(self, rid: int) -> Decision:
+        """The gateway that admitted ``rid`` (PARK while its address is not known yet)."""
+        dest = gateway_dest(rid, len(self.results))
+        return dest if self.results[-dest] else PARK
 
     def _least_parked(self, ids: list[int]) -> list[int]:
         """Every peer is full: those with the fewest frames parked. A peer that stopped

@@ -65,7 +65,7 @@ class Outbox:
 
     def add(self, msg: Message, stage: str) -> int:
         """Coalesce ``msg`` into the batch for ``stage``; returns that batch's size in bytes."""
-        if self.dest != GATEWAY:  # the gateway does not die under its senders
+        if self.dest > GATEWAY:  # a gateway does not die under its senders (nor takes lost reports)
             rid = msg.path[0]
             current = self.sent.recent[-1]
             if rid not in current:  # first of its request here this interval: its deadline travels

@@ -36,7 +36,7 @@ from alto_bus.runtime.control_link import ControlLink
 from alto_bus.runtime.embedding import Embedded, WorkerError  # noqa: F401  (WorkerError: part of this module's interface)
 from alto_bus.runtime.heartbeat import HeartbeatBoard, snapshot
 from alto_bus.routing.consumer_routes import ConsumerRoutes
-from alto_bus.routing.route_table import GATEWAY, PARK, Fail
+from alto_bus.routing.route_table import PARK, Fail, is_gateway
 from alto_bus.runtime.graph_io import GraphIO, needs_graph_io
 from alto_bus.runtime.inbox import Inbox, checked_messages
 from alto_bus.runtime.outbox import Outbox, Outboxes
@@ -312,7 +312,7 @@ class Worker(Embedded):
         address = self.routes.address(dest)
         curve = None
         if self.curve is not None:
-            curve = (self.curve.to_broker("results") if dest == GATEWAY
+            curve = (self.curve.to_broker("results") if is_gateway(dest)
                      else self.curve.to_peer(f"instance {dest}"))
         return address, make_socket(zmq.asyncio.Context.instance(), zmq.PUSH, connect=address,
                                     hwm=self.routes.queue_of(dest), immediate=True, curve=curve)
@@ -355,7 +355,8 @@ class Worker(Embedded):
 
     def error(self, path: list, message: str, epoch: int) -> None:
         self.stats["errors"] += 1
-        self._send(self.outboxes.get(GATEWAY), Error(path, self.stage, message, epoch), wire.GATEWAY_STAGE)
+        self._send(self.outboxes.get(self.routes.gateway_of(path[0])), Error(path, self.stage, message, epoch),
+                   wire.GATEWAY_STAGE)
 
     def spawn(self, rid: int, work: Awaitable[None]) -> None:
         self._inflight_total += 1
@@ -470,7 +471,7 @@ class Worker(Embedded):
                 elif kind is Drop:
                     logic.on_drop(msg.path, msg.epoch)
                 else:  # an ERROR belongs to the gateway; pass it on
-                    self._send(self.outboxes.get(GATEWAY), msg, wire.GATEWAY_STAGE)
+                    self._send(self.outboxes.get(self.routes.gateway_of(msg.path[0])), msg, wire.GATEWAY_STAGE)
             except Exception as exc:  # a bug in stage logic must not take the worker down
                 log.exception("stage %s failed on a %s message", self.stage, wire.kind_name(msg))
                 self.error([msg.path[0]], f"stage failed: {describe(exc)}", 0)

@@ -14,21 +14,12 @@ import pytest
 
 from alto_bus import Client, RequestError
 from alto_bus.deploy.status_probe import StatusProbe
-from tests.integration.test_launch import Launched
-from tests.support import write_topology
-
-H = "tests.integration.handlers"
+from tests.integration.test_launch import launched_blocking
 
 
 @pytest.fixture
 def launched(tmp_path):
-    topo = {"broker": {"heartbeat_interval": 0.2}, "stage": [
-        {"name": "work", "kind": "function", "handler": f"{H}:block_until", "replicas": 2, "threads": 4}]}
-    run = Launched(write_topology(tmp_path, topo))
-    try:
-        yield run
-    finally:
-        run.kill_all()
+    yield from launched_blocking(tmp_path)
 
 
 def test_requests_in_flight_when_the_broker_restarts_fail_at_once_and_new_ones_succeed(launched, tmp_path: Path):

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -61,6 +62,19 @@ class Launched:
                 os.kill(pid, signal.SIGKILL)
             self.proc.kill()
         self.proc.wait()
+
+
+def launched_blocking(tmp_path: Path, **broker) -> Iterator[Launched]:
+    """``alto launch`` of one stage, 2 replicas, whose handler blocks until the file
+    ``item["wait_for"]`` exists (tests of what survives a death); killed whatever happens."""
+    topo = {"broker": {"heartbeat_interval": 0.2, **broker}, "stage": [
+        {"name": "work", "kind": "function", "handler": "tests.integration.handlers:block_until",
+         "replicas": 2, "threads": 4}]}
+    run = Launched(write_topology(tmp_path, topo))
+    try:
+        yield run
+    finally:
+        run.kill_all()
 
 
 @pytest.fixture
