@@ -1,7 +1,8 @@
 """Submit requests to a gateway: futures, streams of partial results, and asyncio.
 
-One I/O thread owns the DEALER socket; ``submit`` packs the payload in the caller's
-thread (so a payload msgpack cannot carry fails there, at once) and hands it over.
+One I/O thread owns a DEALER socket per gateway; ``submit`` packs the payload in the
+caller's thread (so a payload msgpack cannot carry fails there, at once), picks the
+gateway (alto_bus.client_gateways) and hands it over.
 Thousands of requests can be in flight; each ends in one result or one
 :class:`RequestError`. :class:`AsyncClient` wraps the same machinery for asyncio.
 """
@@ -17,15 +18,17 @@ import os
 import queue
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import msgpack
 import zmq
 
+from alto_bus.client_gateways import GatewaySet, parse_gateways
+from alto_bus.client_handoff import Handoff as _Handoff, LoopFuture as _LoopFuture
 from alto_bus.protocol import wire
-from alto_bus.net.sockets import check_address, make_socket
+from alto_bus.net.sockets import make_socket
 from alto_bus.net.waker import Waker
 from alto_bus.telemetry.carry import check_traceparent
 from alto_bus.telemetry.tracing import current_traceparent
@@ -35,10 +38,6 @@ log = logging.getLogger("alto.client")
 # Extra time the client waits beyond a request's deadline before it gives up on the
 # gateway itself (the gateway answers expired requests on its own).
 GRACE = 5.0
-# While requests are pending the client pings the gateway this often; a gateway that has
-# sent nothing for ``gateway_silence`` seconds is taken for gone and every pending
-# request fails at once, naming it (not each at its own deadline).
-PING_INTERVAL = 1.0
 
 
 class RequestError(RuntimeError):
@@ -83,44 +82,50 @@ class Stream:
 
 
 class _Pending:
-    __slots__ = ("future", "stream", "give_up")
+    __slots__ = ("future", "stream", "give_up", "gw")
 
-    def __init__(self, future: concurrent.futures.Future, stream: Any, give_up: float) -> None:
+    def __init__(self, future: concurrent.futures.Future, stream: Any, give_up: float, gw: int) -> None:
         self.future = future
         self.stream = stream
         self.give_up = give_up
+        self.gw = gw  # the gateway that admitted it (its index): only that one answers or cancels it
 
 
 class Client:
-    def __init__(self, gateway: str, *, timeout: float = 300.0, curve: Any = None,
+    def __init__(self, gateway: str | Sequence[str], *, timeout: float = 300.0, curve: Any = None,
                  gateway_silence: float = 5.0, on_failure: Callable[[str], None] | None = None) -> None:
-        """``timeout``: default deadline of each request, in seconds (enforced by the gateway).
+        """``gateway``: an address, several joined by commas, or a sequence of them (a bus
+        with several gateways); each request goes to the live one with the fewest pending.
+
+        ``timeout``: default deadline of each request, in seconds (enforced by the gateway).
 
         ``curve``: this client's keys when the gateway requires CURVE
         (``alto_bus.net.curve.client_curve("me.key_secret", "broker.key")``).
 
-        ``gateway_silence``: with requests pending, a gateway that sends nothing (not even
-        an answer to the client's pings) for this long is gone: they all fail then.
+        ``gateway_silence``: a gateway with requests pending that sends nothing (not even
+        an answer to the client's pings) for this long is gone: they all fail then, and
+        new requests avoid it until it answers a ping.
 
         ``on_failure(why)``: called (from the I/O thread) if that thread dies, after every
         pending request has failed; the client refuses new ones from then on.
         """
-        check_address(gateway, "Client gateway")
-        self.gateway = gateway
+        self.gateways = parse_gateways(gateway)
+        self.gateway = gateway if isinstance(gateway, str) else ",".join(self.gateways)
         self.gateway_silence = gateway_silence
-        self._heard = time.monotonic()     # the last frame from the gateway (I/O thread)
+        self._gws = GatewaySet(self.gateways, gateway_silence, time.monotonic())  # under _lock
+        self._source = 0                   # the gateway whose frame is being read (I/O thread)
         self._broken: str | None = None    # why the I/O thread ended, if it did
-        self._boot: Any = None             # the gateway's run, from its PONGs
         self._on_failure = on_failure
         self._deadlines: list[tuple[float, int]] = []  # (give up, cid): a heap
         self.curve = curve
         self.timeout = timeout
-        self._ids = itertools.count(1)
+        self._ids = itertools.count(1)     # one sequence: a cid names its request at any gateway
         self._pending: dict[int, _Pending] = {}
         self._lock = threading.Lock()
-        self._outbox: queue.SimpleQueue[bytes] = queue.SimpleQueue()
+        self._outboxes: list[queue.SimpleQueue[bytes]] = [queue.SimpleQueue() for _ in self.gateways]
         self._waker = Waker()  # the I/O thread sleeps in poll until there is work
         self._closed = False
+        self._bye = False      # the BYEs are queued: the I/O thread sends them and ends
         self._packer = msgpack.Packer(use_bin_type=True, autoreset=True)
         self._thread = threading.Thread(target=self._io, name="alto-client", daemon=True)
         self._thread.start()
@@ -165,11 +170,17 @@ class Client:
         with self._lock:
             if self._broken is not None:  # it died since the check above: refuse, never a hang
                 raise RequestError("client", self._broken)
-            if not self._pending:
-                self._heard = now  # silence counts only while something is pending
-            self._pending[cid] = _Pending(fut, stream, now + timeout + GRACE)
-            heapq.heappush(self._deadlines, (now + timeout + GRACE, cid))
-        self._outbox.put(msg)
+            g = self._gws.choose()
+            if g is not None:
+                self._gws.admitted(g, now)
+                self._pending[cid] = p = _Pending(fut, stream, now + timeout + GRACE, g)
+                heapq.heappush(self._deadlines, (now + timeout + GRACE, cid))
+            else:  # every gateway is silent: say so now, not after another silence
+                p, why = _Pending(fut, stream, now, -1), self._gws.none_live_text(now)
+        if g is None:
+            self._finish(p, error=RequestError("client", why))
+            return fut
+        self._outboxes[g].put(msg)
         if wake:  # else the caller wakes the I/O thread itself (AsyncClient: once per loop turn)
             self._waker.wake()
         return fut
@@ -182,19 +193,22 @@ class Client:
         its workers drop its work (LM generations are aborted) and the future fails with
         RequestError("client", "cancelled by the client"). False if it had already ended."""
         with self._lock:  # a scan: cancels are rare (a caller gone), submits are not
-            cid = next((c for c, p in self._pending.items() if p.future is future), None)
-        if cid is None or self._closed:
+            cid, p = next(((c, p) for c, p in self._pending.items() if p.future is future), (None, None))
+        if p is None or self._closed:
             return False
-        self._outbox.put(msgpack.packb([wire.CANCEL, cid], use_bin_type=True))  # own packer: any thread
+        # To the gateway that admitted it (own packer: any thread).
+        self._outboxes[p.gw].put(msgpack.packb([wire.CANCEL, cid], use_bin_type=True))
         self._waker.wake()
         return True
 
     def close(self) -> None:
-        """Fail what is still pending, tell the gateway, stop the I/O thread."""
+        """Fail what is still pending, tell the gateways, stop the I/O thread."""
         if self._closed:
             return
         self._closed = True
-        self._outbox.put(self._packer.pack([wire.BYE]))
+        for box in self._outboxes:
+            box.put(self._packer.pack([wire.BYE]))
+        self._bye = True
         self._waker.wake()
         self._thread.join(5)
         self._waker.close()
@@ -219,49 +233,78 @@ class Client:
         with self._lock:
             pending, self._pending = self._pending, {}
             self._deadlines = []
+            self._gws.cleared()
         for p in pending.values():
+            self._finish(p, error=error)
+
+    def _fail_gateway(self, g: int, error: RequestError, cancel: bool = False) -> None:
+        """End every request pending at gateway ``g`` with ``error`` (the others go on)."""
+        with self._lock:
+            cids = [cid for cid, p in self._pending.items() if p.gw == g]
+            ended = [self._pending.pop(cid) for cid in cids]
+            self._gws.cleared(g)
+        if cancel:  # it may hold some of them still (a new run): let it drop their work
+            for cid in cids:
+                self._outboxes[g].put(msgpack.packb([wire.CANCEL, cid], use_bin_type=True))
+        for p in ended:
             self._finish(p, error=error)
 
     def _run_io(self) -> None:
         ctx = zmq.Context.instance()
-        sock = make_socket(ctx, zmq.DEALER, connect=self.gateway, hwm=200_000,
-                           curve=self.curve.to_broker("client") if self.curve else None,
-                           identity=f"c-{os.getpid()}-{os.urandom(6).hex()}".encode())
+        socks: list[zmq.Socket] = []
         poller = zmq.Poller()
-        poller.register(sock, zmq.POLLIN)
         poller.register(self._waker.fileno(), zmq.POLLIN)
         header = self._packer.pack(wire.VERSION)
         ping = msgpack.packb([wire.PING], use_bin_type=True)
-        every = min(PING_INTERVAL, self.gateway_silence / 3)  # a few pings within the silence
-        next_ping = time.monotonic()
+        gws = self._gws
         try:
+            for address in self.gateways:
+                socks.append(make_socket(ctx, zmq.DEALER, connect=address, hwm=200_000,
+                                         curve=self.curve.to_broker("client") if self.curve else None,
+                                         identity=f"c-{os.getpid()}-{os.urandom(6).hex()}".encode()))
+                poller.register(socks[-1], zmq.POLLIN)
+            index = {sock: g for g, sock in enumerate(socks)}
             while True:
-                now = time.monotonic()
-                if self._pending and now >= next_ping:
-                    self._outbox.put(ping)
-                    next_ping = now + every
-                parts = []
-                while len(parts) < 4096:
-                    try:
-                        parts.append(self._outbox.get_nowait())
-                    except queue.Empty:
-                        break
-                if parts:
-                    frame = b"".join((self._packer.pack_array_header(len(parts) + 1), header, *parts))
-                    sock.send(frame)
-                    if self._closed:
-                        return
-                events = dict(poller.poll(every * 1000))
-                if self._waker.fileno() in events:
-                    self._waker.clear()
-                if sock in events:
-                    self._heard = time.monotonic()
-                    self._receive(sock)
+                for g in gws.pings_due(time.monotonic()):
+                    self._outboxes[g].put(ping)
+                bye = self._bye  # read before the sends: then the BYEs go with them
+                for g, sock in enumerate(socks):
+                    # Nothing waits on a gateway taken for gone (pings, cancels): never block on it.
+                    flags = zmq.NOBLOCK if gws.down[g] else 0
+                    while self._send(sock, self._outboxes[g], header, flags) and bye:
+                        pass
+                if bye:
+                    return
+                for sock, _ in poller.poll(gws.every * 1000):
+                    g = index.get(sock)
+                    if g is None:
+                        self._waker.clear()
+                        continue
+                    if gws.heard_from(g, time.monotonic()):
+                        log.warning("client: the gateway at %s answers again", self.gateways[g])
+                    self._receive(g, sock)
                 self._expire()
         finally:
-            sock.close(linger=200)
+            for sock in socks:
+                sock.close(linger=200)
 
-    def _receive(self, sock: zmq.Socket) -> None:
+    def _send(self, sock: zmq.Socket, box: queue.SimpleQueue, header: bytes, flags: int) -> bool:
+        """Send what ``box`` holds in one frame (up to 4096 messages); False if it was empty."""
+        parts = []
+        while len(parts) < 4096:
+            try:
+                parts.append(box.get_nowait())
+            except queue.Empty:
+                break
+        if parts:
+            try:
+                sock.send(b"".join((self._packer.pack_array_header(len(parts) + 1), header, *parts)), flags)
+            except zmq.Again:  # (NOBLOCK only) its queue is full: drop what nobody waits for
+                pass
+        return bool(parts)
+
+    def _receive(self, g: int, sock: zmq.Socket) -> None:
+        self._source = g  # read by _on_message, whose signature subclasses may override
         for _ in range(10_000):
             try:
                 frame = sock.recv(zmq.NOBLOCK)
@@ -270,47 +313,49 @@ class Client:
             try:
                 msgs = wire.decode_client_frame(frame)
             except wire.WireError as exc:
-                log.warning("dropped a malformed frame from the gateway: %s", exc)
+                log.warning("dropped a malformed frame from the gateway at %s: %s", self.gateways[g], exc)
                 continue
             for msg in msgs:
                 try:
                     self._on_message(msg)
                 except (IndexError, TypeError, ValueError) as exc:
-                    log.warning("dropped a malformed message from the gateway: %r (%s)", msg, exc)
+                    log.warning("dropped a malformed message from the gateway at %s: %r (%s)",
+                                self.gateways[g], msg, exc)
 
     def _on_message(self, msg: list) -> None:
+        g = self._source
         if msg[0] == wire.PONG:
             if len(msg) > 1:
-                self._gateway_run(msg[1])
+                self._gateway_run(g, msg[1])
             return
         op, cid = msg[0], msg[1]
         if op == wire.PARTIAL:
             p = self._pending.get(cid)
-            if p is not None and p.stream is not None:
+            if p is not None and p.stream is not None and p.gw == g:
                 p.stream._put(Partial(tuple(msg[2]), msg[3], msg[4], bool(msg[5])))
             return
         with self._lock:
             p = self._pending.pop(cid, None)
-        if p is None:
-            return
+            if p is None:
+                return
+            if p.gw != g:  # not this gateway's to answer (it never admitted it)
+                self._pending[cid] = p
+                return
+            self._gws.pending[g] -= 1
         if op == wire.RESULT:
             self._finish(p, value=msg[2])
         elif op == wire.FAILED:
             self._finish(p, error=RequestError(str(msg[2]), str(msg[3])))
 
-    def _gateway_run(self, boot: Any) -> None:
-        """A PONG names the gateway's run: a new one means the broker restarted, and what it
-        held is gone. Every request pending now fails at once (some may have reached the new
-        run: they are cancelled there), instead of each waiting for its own deadline."""
-        if self._boot is not None and boot != self._boot:
-            with self._lock:
-                cids = list(self._pending)
-            log.error("client: the gateway at %s restarted; failing %d request(s) in flight", self.gateway, len(cids))
-            for cid in cids:
-                self._outbox.put(msgpack.packb([wire.CANCEL, cid], use_bin_type=True))
-            self._fail_all(RequestError("gateway", f"the gateway at {self.gateway} restarted: the requests "
-                                                   "in flight when it went down were lost"))
-        self._boot = boot
+    def _gateway_run(self, g: int, boot: Any) -> None:
+        """A PONG names the gateway's run: a new one means its broker restarted, and what it
+        held is gone. Every request pending there fails at once (some may have reached the
+        new run: they are cancelled there), instead of each waiting for its own deadline."""
+        if self._gws.restarted(g, boot) and self._gws.pending[g]:
+            log.error("client: the gateway at %s restarted; failing %d request(s) in flight",
+                      self.gateways[g], self._gws.pending[g])
+            self._fail_gateway(g, RequestError("gateway", f"the gateway at {self.gateways[g]} restarted: the "
+                                                          "requests in flight when it went down were lost"), True)
 
     def _finish(self, p: _Pending, value: Any = None, error: BaseException | None = None) -> None:
         if not p.future.done():
@@ -323,25 +368,24 @@ class Client:
 
     def _expire(self) -> None:
         now = time.monotonic()
-        silent = now - self._heard
-        if self._pending and silent > self.gateway_silence:
-            log.error("client: the gateway at %s has sent nothing for %.1f s", self.gateway, silent)
-            self._fail_all(RequestError("gateway", f"the gateway at {self.gateway} has not answered for "
-                                                   f"{silent:.1f} s (gone, or not a gateway)"))
-            return
         gone = []
         with self._lock:
+            silent = self._gws.silent(now)  # a gateway taken for gone gets no new request from here on
             while self._deadlines and self._deadlines[0][0] <= now:
                 _, cid = heapq.heappop(self._deadlines)
                 p = self._pending.get(cid)
                 if p is not None and p.give_up <= now:
                     gone.append(self._pending.pop(cid))
+                    self._gws.ended(p.gw)
             if len(self._deadlines) > 2 * len(self._pending) + 1024:
                 # Most entries belong to requests that ended: rebuild (amortised O(1)).
                 self._deadlines = [(p.give_up, cid) for cid, p in self._pending.items()]
                 heapq.heapify(self._deadlines)
+        for g, seconds in silent:
+            log.error("client: the gateway at %s has sent nothing for %.1f s", self.gateways[g], seconds)
+            self._fail_gateway(g, RequestError("gateway", self._gws.silence_text(g, seconds)))
         for p in gone:
-            self._finish(p, error=RequestError("client", f"no answer from the gateway at {self.gateway}"))
+            self._finish(p, error=RequestError("client", f"no answer from the gateway at {self.gateways[p.gw]}"))
 
 
 class AsyncStream:
@@ -378,65 +422,13 @@ class AsyncStream:
         return self._client.cancel(self.future)
 
 
-class _Handoff:
-    """Results for one event loop, handed over from the I/O thread in bursts: one
-    ``call_soon_threadsafe`` for every result of a frame, not one per result (each is a
-    wake-up of the loop and a GIL hand-off)."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self._lock = threading.Lock()
-        self._due: list[tuple[asyncio.Future, Any, BaseException | None]] = []
-
-    def put(self, fut: asyncio.Future, value: Any, error: BaseException | None) -> None:  # the I/O thread
-        with self._lock:
-            self._due.append((fut, value, error))
-            first = len(self._due) == 1
-        if first:
-            try:
-                self.loop.call_soon_threadsafe(self._deliver)
-            except RuntimeError:  # its loop is closed: nobody awaits these
-                pass
-
-    def _deliver(self) -> None:  # the loop
-        with self._lock:
-            due, self._due = self._due, []
-        for fut, value, error in due:
-            if not fut.done():  # not cancelled meanwhile
-                if error is not None:
-                    fut.set_exception(error)
-                else:
-                    fut.set_result(value)
-
-
-class _LoopFuture:
-    """What :class:`Client` keeps for an ``AsyncClient.submit`` in place of a concurrent
-    future: setting it queues the outcome for the loop's asyncio future."""
-
-    __slots__ = ("_handoff", "_fut", "_set")
-
-    def __init__(self, handoff: _Handoff, fut: asyncio.Future) -> None:
-        self._handoff, self._fut, self._set = handoff, fut, False
-
-    def done(self) -> bool:
-        return self._set
-
-    def set_result(self, value: Any) -> None:
-        self._set = True
-        self._handoff.put(self._fut, value, None)
-
-    def set_exception(self, error: BaseException) -> None:
-        self._set = True
-        self._handoff.put(self._fut, None, error)
-
-
 class AsyncClient:
     """The asyncio face of :class:`Client` (same I/O thread, awaitable results).
 
     A caller that stops waiting (its task is cancelled, or it leaves a stream early)
     cancels the request at the gateway, so its work stops too."""
 
-    def __init__(self, gateway: str, *, timeout: float = 300.0, curve: Any = None,
+    def __init__(self, gateway: str | Sequence[str], *, timeout: float = 300.0, curve: Any = None,
                  on_failure: Callable[[str], None] | None = None) -> None:
         self._client = Client(gateway, timeout=timeout, curve=curve, on_failure=on_failure)
         self._wake_due: asyncio.AbstractEventLoop | None = None  # the loop a wake-up is queued on
