@@ -15,6 +15,7 @@ import pytest
 from alto_bus import Client, RequestError
 from alto_bus.deploy.status_probe import StatusProbe
 from tests.integration.test_launch import launched_blocking
+from tests.support import wait_for
 
 
 @pytest.fixture
@@ -36,6 +37,12 @@ def test_requests_in_flight_when_the_broker_restarts_fail_at_once_and_new_ones_s
         # The first request goes with a ping; its PONG (before its result) names the run.
         assert client.submit({"text": "warm"}).result(timeout=30) == "WARM"
         futures = [client.submit({"text": f"t{i}", "wait_for": str(gate)}) for i in range(50)]
+
+        def admitted() -> int:  # in flight means admitted: not still on its way to the gateway
+            with StatusProbe(control) as probe:
+                return probe.query(timeout=5)["gateway"]["in_flight"]
+
+        wait_for(lambda: admitted() == 50, 10, "the gateway to admit the 50 requests")
         t0 = time.monotonic()
         os.kill(broker, signal.SIGKILL)
         launched.read_until("broker restarted", prefix=True)
