@@ -5,8 +5,8 @@
 For each of ``topology/examples/words.toml`` (fan-out, three stages) and ``fan.toml``
 (fan-out and keyed fan-in), launches the topology with ``[broker] gateways = N`` (a copy
 of the file with that one field set) and drives a closed loop: ``--concurrency`` requests
-in flight, spread evenly over one ``Client`` per gateway address, ``--requests`` in all
-after a warm-up. Gateway counts run alternately within each repeat, so a change in the
+in flight from one ``Client`` given every gateway's address (it spreads them: the
+gateway with the fewest pending), ``--requests`` in all after a warm-up. Gateway counts run alternately within each repeat, so a change in the
 machine's load hits all of them. Reported per run: requests/s, p50 and p99 latency, and
 the CPU seconds per second of the busiest process of the gateway tier (the broker and
 the gateways beside it): the one that caps the rate when the machine has cores to spare.
@@ -86,8 +86,8 @@ class Launched:
             self.proc.wait()
 
 
-def closed_loop(clients: list[Client], n: int, concurrency: int) -> list[float]:
-    """``n`` requests, ``concurrency`` in flight, round-robin over the clients: latencies (s)."""
+def closed_loop(client: Client, n: int, concurrency: int) -> list[float]:
+    """``n`` requests, ``concurrency`` in flight: their latencies (s)."""
     latencies: list[float] = []
     inflight: dict = {}
     sent = 0
@@ -95,7 +95,7 @@ def closed_loop(clients: list[Client], n: int, concurrency: int) -> list[float]:
 
     while sent < n or inflight:
         while sent < n and len(inflight) < concurrency:
-            fut = clients[sent % len(clients)].submit(TEXT, timeout=60)
+            fut = client.submit(TEXT, timeout=60)
             inflight[fut] = time.perf_counter()
             sent += 1
         done, _ = cf.wait(list(inflight), timeout=60, return_when=cf.FIRST_COMPLETED)
@@ -112,18 +112,14 @@ def run_one(topology: Path, requests: int, concurrency: int) -> dict:
     launched = Launched(topology)
     try:
         addresses = launched.printed["gateway"].split(",")
-        clients = [Client(a, timeout=120) for a in addresses]
-        try:
-            closed_loop(clients, max(200, requests // 10), concurrency)  # warm-up
+        with Client(addresses, timeout=120) as client:
+            closed_loop(client, max(200, requests // 10), concurrency)  # warm-up
             pids = launched.tier_pids()
             cpu0 = [proc_cpu(p) for p in pids]
             t0 = time.perf_counter()
-            lat = closed_loop(clients, requests, concurrency)
+            lat = closed_loop(client, requests, concurrency)
             wall = time.perf_counter() - t0
             cpu = [(proc_cpu(p) - c) / wall for p, c in zip(pids, cpu0)]
-        finally:
-            for c in clients:
-                c.close()
     finally:
         launched.stop()
     rate = requests / wall

@@ -76,7 +76,9 @@ class BrokerGateways:
                                                               f"{self.gateway_count} ({self.topology.source})"})
             return
         old = self.peers.get(body.index)
-        self.peers[body.index] = GatewayPeer(body.index, identity, body.gateway, body.results, body.pid, body.host, now)
+        # Until its first report it may admit with the view sent now: that epoch's tables stay.
+        self.peers[body.index] = GatewayPeer(body.index, identity, body.gateway, body.results, body.pid, body.host,
+                                             now, oldest=self.members.epoch)
         if old is None or old.identity != identity:
             log.info("gateway %d %s (pid %d on %s, results %s)", body.index, "is back" if old else "is up",
                      body.pid, body.host, body.results)

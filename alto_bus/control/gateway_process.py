@@ -130,8 +130,9 @@ class GatewayProcess(GatewaySide, BrokerPublishing, BrokerRetries):
                 link.sent.forget(ended)
             link.sent.rotate(keep_if=self.gateway.requests)  # an interval of sent ids per tick
         self._settle_lost(now)
-        oldest = self.gateway.oldest_epoch(-1)
-        self._tell("gw_report", {"ended": ended, "oldest": None if oldest < 0 else oldest,
+        # The oldest epoch it may still route by: its oldest request's, or the view's it
+        # admits new ones with (views only grow), so the key tables of both stay published.
+        self._tell("gw_report", {"ended": ended, "oldest": self.gateway.oldest_epoch(self.members.epoch),
                                  "status": self.gateway_io.status()})
 
     # -- what the broker says ----------------------------------------------------------

@@ -36,7 +36,7 @@ class GatewayHello(Body):
 
 class GatewayReport(Body):
     ended: Ids = []
-    oldest: Union[Count, None] = None   # the oldest epoch a request in flight there uses
+    oldest: Union[Count, None] = None   # the oldest epoch it routes by: its oldest request's, or its view's
     status: dict[Annotated[str, msgspec.Meta(max_length=64)], Any] = {}
 
 

@@ -122,3 +122,41 @@ def test_no_message_on_the_broker_socket_crashes_a_gateway(gateway_process, op, 
     gw._on_broker(bytes(rng.randrange(256) for _ in range(rng.randrange(40))))
     gw._tick(time.monotonic())
     assert not gw.stopping
+
+
+def test_key_tables_stay_published_for_the_epoch_a_gateway_admits_with_before_it_reports():
+    """A gateway stamps requests with its view's epoch: the broker keeps the key tables of
+    that epoch from the moment it sends the view (hello), then by what the gateway reports
+    (its oldest request's epoch, or its view's), never only by its own requests."""
+    from types import SimpleNamespace
+
+    from alto_bus.control.broker_gateways import BrokerGateways
+
+    class Tier(BrokerGateways):
+        def __init__(self) -> None:
+            self.cfg = SimpleNamespace(gateways=2, heartbeat_interval=0.5, heartbeat_liveness=4)
+            self.members = SimpleNamespace(epoch=4)
+            self.gateway = Gateway(30.0, 100, 0, 2)
+            self.sent: list[tuple] = []
+            self._init_gateways()
+
+        def _send_control(self, identity, op, body=None):
+            self.sent.append((op, body))
+
+        def _membership_changed(self):
+            pass
+
+        def _send_views(self, *a):
+            pass
+
+    tier = Tier()
+    assert tier._oldest_epoch() == 4
+    hello = gateway_bodies.GatewayHello(index=1, gateway="tcp://g:1", results="tcp://g:2")
+    tier._op_gw_hello(b"gw1", hello, 0.0)
+    tier.members.epoch = 6          # two registrations later, no request in flight at gateway 0
+    assert tier._oldest_epoch() == 4, "gateway 1 may still admit with the view of epoch 4"
+    tier._op_gw_report(b"gw1", gateway_bodies.GatewayReport(oldest=6), 0.5)
+    assert tier._oldest_epoch() == 6
+    tier._op_gw_report(b"gw1", gateway_bodies.GatewayReport(oldest=5), 1.0)
+    assert tier._oldest_epoch() == 5
+    assert ("gw_welcome", {"index": 1, "heartbeat_interval": 0.5, "liveness": 4}) in tier.sent
