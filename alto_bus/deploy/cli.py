@@ -262,6 +262,12 @@ def _format_status(status: dict[str, Any]) -> str:
              f"{g['rejected']} rejected; bad frames {g['bad_frames']}"]
     for socket, reasons in g.get("bad_by_socket", {}).items():
         lines.append(f"  dropped on the {socket} socket: {_counts(reasons)}")
+    gateways = status.get("gateways") or []
+    if len(gateways) > 1:  # [broker] gateways = N: each one's share
+        for gw in gateways:
+            state = (f"{gw.get('in_flight', 0)} in flight, {gw.get('completed', 0)} completed, "
+                     f"{gw.get('failed', 0)} failed" if gw.get("up") else "not reporting")
+            lines.append(f"  gateway {gw['index']} {gw.get('gateway', '?')}: {state}")
     b = g.get("backlog") or {}
     if b.get("clients") or b.get("cut_off"):  # clients that do not read their answers
         lines.append(f"  answers waiting for slow clients: {b['bytes']} bytes for {b['clients']} client(s); "

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from alto_bus import Client, RequestError
+from alto_bus.deploy.cli import _format_status
 from alto_bus.deploy.status_probe import StatusProbe
 from tests.integration.test_launch import launched_blocking
 from tests.integration.test_pipeline import three_stage
@@ -42,8 +43,12 @@ def test_each_gateway_admits_its_own_requests_and_gets_their_exact_results():
         gws = wait_for(every_gateway_reported, 10, "each gateway to report its 100 requests")
         assert [g["index"] for g in gws] == [0, 1, 2] and all(g["up"] for g in gws)
         assert [g["gateway"] for g in gws] == addresses
-        total = status(sup)["gateway"]
+        st = status(sup)
+        total = st["gateway"]
         assert (total["admitted"], total["completed"], total["failed"]) == (300, 300, 0)
+        text = _format_status(st)  # what alto status prints
+        for g, address in enumerate(addresses):
+            assert f"gateway {g} {address}: 0 in flight, 100 completed, 0 failed" in text
 
 
 def test_an_instance_that_dies_fails_the_requests_of_every_gateway_at_once(tmp_path: Path):
