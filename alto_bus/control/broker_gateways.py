@@ -14,7 +14,9 @@ tick, and its cancels at once.
 
 from __future__ import annotations
 
+import hmac
 import logging
+import os
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -22,6 +24,7 @@ from typing import Any
 
 from alto_bus.control.membership import Instance
 from alto_bus.protocol import control_bodies, gateway_bodies
+from alto_bus.protocol.gateway_bodies import TOKEN_ENV
 
 log = logging.getLogger("alto.broker")
 
@@ -55,6 +58,9 @@ class BrokerGateways:
     def _init_gateways(self) -> None:
         self.gateway_count = self.cfg.gateways
         self.peers: dict[int, GatewayPeer] = {}  # index -> the gateway process, once it said hello
+        # alto launch gives the broker and its gateways a secret: no other peer of the control
+        # socket can pose as a gateway (and take its results). Unset: any hello is taken.
+        self.gateway_token = os.environ.get(TOKEN_ENV, "")
 
     def results_addresses(self) -> str | list[str]:
         """What workers send results to: one address, or one per gateway ("" until it is up)."""
@@ -71,6 +77,9 @@ class BrokerGateways:
     # -- what the gateways say ---------------------------------------------------------
 
     def _op_gw_hello(self, identity: bytes, body: gateway_bodies.GatewayHello, now: float) -> None:
+        if self.gateway_token and not hmac.compare_digest(body.token, self.gateway_token):
+            self.bad("control", "gw_hello token", f"a gateway hello for index {body.index} without the launch's token")
+            return
         if body.index >= self.gateway_count:
             self._send_control(identity, "reject", {"reason": f"gateway {body.index} of a topology with gateways = "
                                                               f"{self.gateway_count} ({self.topology.source})"})

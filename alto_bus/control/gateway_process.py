@@ -39,6 +39,7 @@ from alto_bus.deploy.topology import Topology
 from alto_bus.net.sockets import make_socket
 from alto_bus.protocol import gateway_bodies, wire
 from alto_bus.protocol.control_bodies import BodyError
+from alto_bus.protocol.gateway_bodies import TOKEN_ENV
 from alto_bus.protocol.messages import Submit
 
 log = logging.getLogger("alto.gateway")
@@ -113,7 +114,8 @@ class GatewayProcess(GatewaySide, BrokerPublishing, BrokerRetries):
     def _hello(self) -> None:
         self._hello_at = time.monotonic()
         self._tell("gw_hello", {"index": self.index, "gateway": self.addresses["gateway"],
-                                "results": self.addresses["results"], "pid": os.getpid(), "host": self.host})
+                                "results": self.addresses["results"], "pid": os.getpid(), "host": self.host,
+                                "token": os.environ.get(TOKEN_ENV, "")})
 
     def _tick(self, now: float) -> None:
         self._next_tick = now + self.cfg.heartbeat_interval

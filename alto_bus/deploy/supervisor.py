@@ -38,6 +38,7 @@ from alto_bus.deploy.run_signal import run_until_signal
 from alto_bus.deploy.status_probe import StatusProbe
 from alto_bus.deploy.tracing_config import tracing_env
 from alto_bus.net import curve as keys
+from alto_bus.protocol.gateway_bodies import TOKEN_ENV
 
 __all__ = ["Child", "LaunchError", "NodeError", "StatusProbe", "Supervisor", "curve_args", "launch",
            "run_until_signal"]
@@ -79,6 +80,7 @@ class Supervisor:
     own: dict[str, dict[str, str]] = field(default_factory=dict)  # "broker", "gateway#g" -> what it bound
     _restarts: list[float] = field(default_factory=list)   # when the broker was restarted
     _metrics: Any = None                 # the NodeMetrics server, with --metrics-port
+    _token: str = field(default_factory=lambda: os.urandom(16).hex())  # the broker's and gateways' secret
 
     @property
     def name(self) -> str:
@@ -92,9 +94,10 @@ class Supervisor:
 
     # -- start ------------------------------------------------------------------------------
 
-    def _spawn(self, role: str, args: list[str], placed: Placed | None = None, **popen: Any) -> Child:
+    def _spawn(self, role: str, args: list[str], placed: Placed | None = None,
+               extra_env: dict[str, str] | None = None, **popen: Any) -> Child:
         assert self.plan is not None
-        env = {**tracing_env(self.plan.topology), **os.environ}  # [tracing] as OTEL_* (the environment wins)
+        env = {**tracing_env(self.plan.topology), **os.environ, **(extra_env or {})}  # [tracing] as OTEL_*
         # Handlers are named "module:function" relative to where alto was started.
         env["PYTHONPATH"] = os.pathsep.join(p for p in (os.getcwd(), env.get("PYTHONPATH", "")) if p)
         env["ALTO_LOG_LEVEL"] = self.log_level
@@ -177,7 +180,7 @@ class Supervisor:
             args += ["--port-base", str(self.port_base)]
         if rebind is not None:
             args += ["--rebind", json.dumps(rebind)]
-        child = self._spawn(role, args, stdout=subprocess.PIPE)
+        child = self._spawn(role, args, stdout=subprocess.PIPE, extra_env={TOKEN_ENV: self._token})
         try:
             self.own[role] = _read_announcement(child.proc, timeout=30, what=what)
         except NodeError as exc:

@@ -102,13 +102,3 @@ def convert_to(bodies: dict[str, type[Body]], op: str, body: dict) -> Body:
         if field not in kind.__struct_fields__:  # labels stay a fixed set, whatever was sent
             field = "body"
         raise BodyError(f"{op} body: {text}", f"{op} {field}") from None
-
-
-def _gateway_bodies() -> None:
-    """The gateways' messages to the broker (alto_bus.protocol.gateway_bodies)."""
-    from alto_bus.protocol import gateway_bodies as g
-
-    BODIES.update({"gw_hello": g.GatewayHello, "gw_report": g.GatewayReport, "gw_cancel": g.GatewayCancel})
-
-
-_gateway_bodies()

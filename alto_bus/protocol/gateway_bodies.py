@@ -16,8 +16,12 @@ from typing import Annotated, Any, Union
 
 import msgspec
 
-from alto_bus.protocol.control_bodies import MAX_IDS, Body, Name, convert_to
+from alto_bus.protocol.control_bodies import BODIES, MAX_IDS, Body, Name, convert_to
 from alto_bus.protocol.messages import Count
+
+# The environment variable alto launch sets for the broker and its gateways: a secret a
+# gateway's hello must carry (no other peer of the control socket can pose as a gateway).
+TOKEN_ENV = "ALTO_GATEWAY_TOKEN"
 
 Ids = Annotated[list[Count], msgspec.Meta(max_length=MAX_IDS)]
 Address = Annotated[str, msgspec.Meta(min_length=1, max_length=4096)]
@@ -32,6 +36,7 @@ class GatewayHello(Body):
     results: Address
     pid: Count = 0
     host: str = "?"
+    token: Annotated[str, msgspec.Meta(max_length=128)] = ""  # the launch's secret (ALTO_GATEWAY_TOKEN)
 
 
 class GatewayReport(Body):
@@ -81,6 +86,9 @@ class Welcome(Body):
     heartbeat_interval: Annotated[float, msgspec.Meta(gt=0)]
     liveness: Annotated[int, msgspec.Meta(ge=1)]
 
+
+# What the broker takes from a gateway goes with the workers' ops (control_bodies.BODIES).
+BODIES.update({"gw_hello": GatewayHello, "gw_report": GatewayReport, "gw_cancel": GatewayCancel})
 
 TO_GATEWAY: dict[str, type[Body]] = {
     "gw_welcome": Welcome, "gw_view": View, "gw_departed": Departed, "gw_lost": Lost, "gw_resent": Lost,

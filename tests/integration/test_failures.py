@@ -29,11 +29,11 @@ def test_a_dead_instance_fails_the_requests_it_held_and_the_rest_go_on():
     with running(slow(replicas=2)) as sup, Client(sup.addresses["gateway"]) as client:
         futures = [client.submit({"sleep": 3.0, "i": i}) for i in range(20)]
 
-        def both_busy():
+        def both_busy():  # every request arrived, and each instance holds some
             insts = status(sup)["stages"]["slow"]["instances"]
-            return insts if all(i["depth"] > 0 for i in insts) else None
+            return insts if all(i["depth"] > 0 for i in insts) and sum(i["depth"] for i in insts) == 20 else None
 
-        insts = wait_for(both_busy, 10, "both instances to report held work")
+        insts = wait_for(both_busy, 10, "both instances to report holding all 20 requests")
         victim = insts[0]
         os.kill(victim["pid"], signal.SIGKILL)
         t0 = time.monotonic()

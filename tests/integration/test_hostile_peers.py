@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 
 import msgpack
+import pytest
 import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -57,6 +58,10 @@ CONTROL = {
     "lost": {"iid": 1, "rids": [1], "older": []},
     "pool_info": {"pool": "nosuchpool"},
     "leave": {}, "bye": {}, "status": {},
+    # A stranger posing as a gateway (without alto launch's token), or reporting as one.
+    "gw_hello": {"index": 1, "gateway": "tcp://127.0.0.1:9", "results": "tcp://127.0.0.1:9", "token": "guess"},
+    "gw_report": {"ended": [10**12], "oldest": 0, "status": {"completed": 5}},
+    "gw_cancel": {"rids": [10**12]},
 }
 
 
@@ -86,22 +91,25 @@ def control_frame(draw: st.DrawFn) -> bytes:
     return msgpack.packb([wire.VERSION, op, body])
 
 
-def test_wrong_types_sizes_and_values_on_every_socket_harm_nothing():
+@pytest.mark.parametrize("gateways", [1, 2])
+def test_wrong_types_sizes_and_values_on_every_socket_harm_nothing(gateways: int):
+    """With several gateways, those beside the broker get the same on their own sockets."""
     ctx = zmq.Context.instance()
-    with running(TOPOLOGY) as sup:
+    with running({**TOPOLOGY, "broker": {"gateways": gateways}}) as sup:
         st0 = status(sup)
         inboxes = [(name, i["address"]) for name, s in st0["stages"].items() for i in s["instances"]]
-        gateway = ctx.socket(zmq.DEALER)
+        results = [g["results"] for g in st0["gateways"]]
+        gateway = ctx.socket(zmq.DEALER)  # a DEALER connected to several gateways takes turns
         control = ctx.socket(zmq.DEALER)
-        pushes = [ctx.socket(zmq.PUSH) for _ in inboxes] + [ctx.socket(zmq.PUSH)]
+        pushes = [ctx.socket(zmq.PUSH) for _ in inboxes + results]
         try:
-            gateway.connect(st0["addresses"]["gateway"])
+            for g in st0["gateways"]:
+                gateway.connect(g["gateway"])
             control.connect(st0["addresses"]["control"])
-            for sock, (_, address) in zip(pushes, inboxes):
+            for sock, address in zip(pushes, [a for _, a in inboxes] + results):
                 sock.connect(address)
-            pushes[-1].connect(st0["addresses"]["results"])
             targets = [(sock, name) for sock, (name, _) in zip(pushes, inboxes)]
-            targets.append((pushes[-1], wire.GATEWAY_STAGE))
+            targets += [(sock, wire.GATEWAY_STAGE) for sock in pushes[len(inboxes):]]
             sent = {"client": 0, "control": 0, "data": 0}
 
             @SETTINGS
@@ -119,6 +127,7 @@ def test_wrong_types_sizes_and_values_on_every_socket_harm_nothing():
 
             send()
             assert sent["control"] == SETTINGS.max_examples  # every example reached the sockets
+            control.send(msgpack.packb([wire.VERSION, "gw_hello", CONTROL["gw_hello"]]))  # unchanged, once
             # Every process still serves, and exact results come back.
             with Client(sup.addresses["gateway"]) as client:
                 futures = {f"w{i} x{i} y{i}": client.submit(f"w{i} x{i} y{i}") for i in range(50)}
@@ -130,7 +139,8 @@ def test_wrong_types_sizes_and_values_on_every_socket_harm_nothing():
             while True:
                 after = status(sup)
                 inbox_bad = sum(sum(i["bad"].values()) for s in after["stages"].values() for i in s["instances"])
-                if inbox_bad or time.monotonic() > deadline:
+                posed = "gw_hello token" in after["gateway"]["bad_by_socket"].get("control", {})
+                if (inbox_bad and posed) or time.monotonic() > deadline:
                     break
                 time.sleep(0.1)
         finally:
@@ -140,5 +150,8 @@ def test_wrong_types_sizes_and_values_on_every_socket_harm_nothing():
     # Bad messages were refused on each of the broker's sockets, counted by a fixed reason.
     assert set(bad) >= {"client", "control", "results"}, bad
     assert any(r.startswith("SUBMIT ") for r in bad["client"]), bad["client"]
+    assert "gw_hello token" in bad["control"], "a stranger's gateway hello was taken"
     assert all(len(r) < 40 for counts in bad.values() for r in counts), bad
     assert inbox_bad > 0, "no inbox counted a bad message"
+    for g in after["gateways"][1:]:  # and on the sockets of each gateway beside it
+        assert g["up"] and set(g["bad_by_socket"]) >= {"client", "results"}, g
