@@ -70,9 +70,14 @@ class BrokerGateways:
                                              for g in range(1, self.gateway_count))]
 
     def _oldest_epoch(self) -> int:
-        """The oldest epoch a request in flight at any gateway still uses."""
+        """The oldest epoch a request in flight at any gateway still uses. A gateway silent
+        for ``heartbeat_liveness`` beats does not hold tables back: its requests are lost
+        with it (one that comes back says hello, and counts again from then)."""
         epoch = self.members.epoch
-        return min([self.gateway.oldest_epoch(epoch), *(p.oldest for p in self.peers.values() if p.oldest is not None)])
+        now = time.monotonic()
+        silent_after = self.cfg.heartbeat_interval * self.cfg.heartbeat_liveness
+        return min([self.gateway.oldest_epoch(epoch), *(p.oldest for p in self.peers.values()
+                                                       if p.oldest is not None and now - p.last_seen <= silent_after)])
 
     # -- what the gateways say ---------------------------------------------------------
 

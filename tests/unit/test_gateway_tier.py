@@ -152,11 +152,14 @@ def test_key_tables_stay_published_for_the_epoch_a_gateway_admits_with_before_it
     tier = Tier()
     assert tier._oldest_epoch() == 4
     hello = gateway_bodies.GatewayHello(index=1, gateway="tcp://g:1", results="tcp://g:2")
-    tier._op_gw_hello(b"gw1", hello, 0.0)
+    now = time.monotonic()
+    tier._op_gw_hello(b"gw1", hello, now)
     tier.members.epoch = 6          # two registrations later, no request in flight at gateway 0
     assert tier._oldest_epoch() == 4, "gateway 1 may still admit with the view of epoch 4"
-    tier._op_gw_report(b"gw1", gateway_bodies.GatewayReport(oldest=6), 0.5)
+    tier._op_gw_report(b"gw1", gateway_bodies.GatewayReport(oldest=6), now)
     assert tier._oldest_epoch() == 6
-    tier._op_gw_report(b"gw1", gateway_bodies.GatewayReport(oldest=5), 1.0)
+    tier._op_gw_report(b"gw1", gateway_bodies.GatewayReport(oldest=5), now)
     assert tier._oldest_epoch() == 5
+    tier.peers[1].last_seen = now - 2.5  # silent for more than 4 beats of 0.5 s: gone
+    assert tier._oldest_epoch() == 6
     assert ("gw_welcome", {"index": 1, "heartbeat_interval": 0.5, "liveness": 4}) in tier.sent
