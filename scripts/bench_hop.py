@@ -5,13 +5,19 @@
 Three processes either way: a source, the hop, and a sink.
   raw    source PUSH -> relay process (pyzmq PULL -> PUSH, one message per frame) -> sink PULL
   alto   source PUSH -> alto_bus Worker (identity handler) -> sink PULL
+  loop   (latency only) the raw relay driven as the worker's inbox is: an asyncio reader
+         callback on the PULL's FD, recv until ZMQ_EVENTS says nothing waits. What a hop
+         on an event loop costs before any per-item work: the floor of the alto hop.
 The alto source sends data-plane frames the way an upstream stage does (coalesced
 batches); the worker registers with a fake broker (a ROUTER in this script) whose
 "results" address is the sink, so nothing but the hop is measured.
 
 (a) throughput: messages/s arriving at the sink, small payloads and 16-token payloads;
 (b) latency at low load: one message in flight at a time, one-way time source -> sink
-    (CLOCK_MONOTONIC is shared by the processes of one machine).
+    (CLOCK_MONOTONIC is shared by the processes of one machine); each hop on its own, then
+    (c) the hops taking turns message by message: every hop then meets the same machine
+    (a burst of load elsewhere hits all alike), so the ratios vary far less between runs
+    on a shared machine, and each message finds its hop cold, as a lone request does.
 Reports medians over repeats and the ratio alto / raw.
 """
 
@@ -59,6 +65,42 @@ def raw_relay(inbox: str, outbox: str, ready) -> None:
         push.send(msg)
     push.close(linger=1000)
     pull.close()
+
+
+def loop_relay(inbox: str, outbox: str, ready) -> None:
+    import asyncio
+
+    async def relay() -> None:
+        ctx = zmq.Context()
+        pull = ctx.socket(zmq.PULL)
+        pull.bind(inbox)
+        push = ctx.socket(zmq.PUSH)
+        push.connect(outbox)
+        loop = asyncio.get_running_loop()
+        stopped = loop.create_future()
+        events, pollin = int(zmq.EVENTS), int(zmq.POLLIN)
+
+        def on_readable() -> None:
+            while not stopped.done():
+                try:
+                    msg = pull.recv(zmq.NOBLOCK)
+                except zmq.Again:
+                    return
+                if msg == b"STOP":
+                    stopped.set_result(None)
+                    return
+                push.send(msg)
+                if not pull.getsockopt(events) & pollin:
+                    return
+
+        loop.add_reader(pull.getsockopt(zmq.FD), on_readable)
+        ready.set()
+        on_readable()
+        await stopped
+        push.close(linger=1000)
+        pull.close()
+
+    asyncio.run(relay())
 
 
 def alto_worker(control: str, ready) -> None:
@@ -136,13 +178,39 @@ def latency(hop_inbox: str, sink: zmq.Socket, n: int, alto: bool) -> list[float]
     return lat
 
 
+def interleaved_latency(hops: dict[str, tuple[str, bool]], sink: zmq.Socket, n: int) -> dict[str, list[float]]:
+    """One-way latency of each hop (name -> (inbox, alto frames)), the hops taking turns
+    message by message, in alternating order."""
+    ctx = zmq.Context.instance()
+    pushes = {}
+    for name, (address, _) in hops.items():
+        pushes[name] = ctx.socket(zmq.PUSH)
+        pushes[name].connect(address)
+    lat: dict[str, list[float]] = {name: [] for name in hops}
+    names = list(hops)
+    try:
+        for i in range(n + 50):
+            for name in (names if i % 2 else names[::-1]):
+                msg = [wire.DATA, [i], 0, SMALL, True, 0]
+                frame = wire.encode_frame("hop", [msg]) if hops[name][1] else msgpack.packb(msg)
+                sent = time.perf_counter_ns()
+                pushes[name].send(frame)
+                sink.recv()
+                if i >= 50:  # warm-up
+                    lat[name].append((time.perf_counter_ns() - sent) / 1000)
+    finally:
+        for push in pushes.values():
+            push.close(linger=0)
+    return lat
+
+
 def run(args: argparse.Namespace) -> dict:
     ctx = zmq.Context.instance()
     sink = ctx.socket(zmq.PULL)
     sink.setsockopt(zmq.RCVHWM, 100_000)
     sink_port = sink.bind_to_random_port("tcp://127.0.0.1")
     sink_addr = f"tcp://127.0.0.1:{sink_port}"
-    results: dict[str, dict[str, list[float]]] = {"pair": {}, "raw": {}, "alto": {}}
+    results: dict[str, dict[str, list[float]]] = {"pair": {}, "raw": {}, "loop": {}, "alto": {}}
 
     # raw relay
     ready = mp.Event()
@@ -150,6 +218,11 @@ def run(args: argparse.Namespace) -> dict:
     relay = mp.Process(target=raw_relay, args=(relay_in, sink_addr, ready))
     relay.start()
     ready.wait(10)
+    ready_loop = mp.Event()
+    loop_in = f"tcp://127.0.0.1:{_free_port()}"
+    loop = mp.Process(target=loop_relay, args=(loop_in, sink_addr, ready_loop))
+    loop.start()
+    ready_loop.wait(10)
     # alto worker behind a fake broker
     broker = FakeBroker(sink_addr)
     broker.start()
@@ -171,20 +244,34 @@ def run(args: argparse.Namespace) -> dict:
                 lat = latency(inbox, sink, args.latency_samples, alto)
                 res.setdefault("lat_p50_us", []).append(statistics.median(lat))
                 res.setdefault("lat_p99_us", []).append(statistics.quantiles(lat, n=100)[98])
+                if name == "raw":  # the floor, between the two hops it bounds
+                    lat = latency(loop_in, sink, args.latency_samples, False)
+                    results["loop"].setdefault("lat_p50_us", []).append(statistics.median(lat))
+                    results["loop"].setdefault("lat_p99_us", []).append(statistics.quantiles(lat, n=100)[98])
+            turns = interleaved_latency({"raw": (relay_in, False), "loop": (loop_in, False),
+                                         "alto": (broker.inbox, True)}, sink, args.latency_samples)
+            for name, lat in turns.items():
+                results[name].setdefault("turns_p50_us", []).append(statistics.median(lat))
+                results[name].setdefault("turns_p99_us", []).append(statistics.quantiles(lat, n=100)[98])
             print(f"repeat {r + 1}/{args.repeats} done", file=sys.stderr, flush=True)
     finally:
-        push = ctx.socket(zmq.PUSH)
-        push.connect(relay_in)
-        push.send(b"STOP")
-        push.close(linger=1000)
+        for address in (relay_in, loop_in):
+            push = ctx.socket(zmq.PUSH)
+            push.connect(address)
+            push.send(b"STOP")
+            push.close(linger=1000)
         broker.shutdown()
         relay.join(5)
+        loop.join(5)
         worker.join(10)
-        for p in (relay, worker):
+        for p in (relay, loop, worker):
             if p.is_alive():
                 p.kill()
     med = {name: {k: statistics.median(v) for k, v in res.items()} for name, res in results.items()}
-    return {"median": med, "runs": results, "messages": args.messages, "repeats": args.repeats,
+    # Ratios per repeat (each against the raw relay of the same repeat), their median and range.
+    ratios = {f"{name}/raw {key}": [a / b for a, b in zip(results[name][key], results["raw"][key])]
+              for name in ("loop", "alto") for key in ("lat_p50_us", "lat_p99_us", "turns_p50_us", "turns_p99_us")}
+    return {"median": med, "runs": results, "ratios": ratios, "messages": args.messages, "repeats": args.repeats,
             "cpus": os.cpu_count()}
 
 
@@ -199,7 +286,7 @@ def _free_port() -> int:
 
 
 def report(out: dict) -> str:
-    pair, raw, alto = out["median"]["pair"], out["median"]["raw"], out["median"]["alto"]
+    pair, raw, alto, floor = (out["median"][k] for k in ("pair", "raw", "alto", "loop"))
     rows = [
         ("small payload, messages/s", raw["small_msgs_per_s"], alto["small_msgs_per_s"], "higher"),
         ("16-token payload, messages/s", raw["tok16_msgs_per_s"], alto["tok16_msgs_per_s"], "higher"),
@@ -217,6 +304,20 @@ def report(out: dict) -> str:
                             ("16-token payload, tokens/s", "tok16_msgs_per_s", 16)):
         p_, a_ = pair[key] * mult, alto[key] * mult
         lines.append(f"| {name} | {p_:,.0f} | {a_:,.0f} | {a_ / p_:.2f} |")
+    lines += ["", "| latency against the floor of a hop on an event loop | raw pyzmq hop | asyncio relay "
+              "| alto_bus hop | asyncio / raw | alto / asyncio |", "|---|---:|---:|---:|---:|---:|"]
+    for name, key in (("one-way latency p50, us", "lat_p50_us"), ("one-way latency p99, us", "lat_p99_us")):
+        r, f, a = raw[key], floor[key], alto[key]
+        lines.append(f"| {name} | {r:,.0f} | {f:,.0f} | {a:,.0f} | {f / r:.2f} | {a / f:.2f} |")
+    lines += ["", "| latency, the hops taking turns per message (ratios: median and range over repeats) "
+              "| raw pyzmq hop | asyncio relay | alto_bus hop | asyncio / raw | alto / raw |",
+              "|---|---:|---:|---:|---:|---:|"]
+    for name, key in (("one-way latency p50, us", "turns_p50_us"), ("one-way latency p99, us", "turns_p99_us")):
+        cells = []
+        for hop in ("loop", "alto"):
+            v = out["ratios"][f"{hop}/raw {key}"]
+            cells.append(f"{statistics.median(v):.2f} ({min(v):.2f}-{max(v):.2f})")
+        lines.append(f"| {name} | {raw[key]:,.0f} | {floor[key]:,.0f} | {alto[key]:,.0f} | {cells[0]} | {cells[1]} |")
     return "\n".join(lines)
 
 

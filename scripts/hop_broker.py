@@ -16,7 +16,7 @@ from alto_bus.protocol import wire
 
 # The hop stage: an entry stage (no input) whose items go straight to the results inbox.
 HOP_STAGE = {"name": "hop", "kind": "function", "input": None, "replicas": 1, "inbox": "tcp://127.0.0.1:0",
-             "advertise": None, "queue": 4096, "concurrency": 256, "flush_ms": 1.0, "batch_bytes": 65536,
+             "advertise": None, "queue": 1000, "concurrency": 256, "flush_ms": 1.0, "batch_bytes": 65536,
              "fields": {}, "next": None, "fans_out": False, "out_depth": 1, "key_depth": None}
 
 

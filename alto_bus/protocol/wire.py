@@ -47,7 +47,7 @@ count it, log it and drop it, and never let it take the process down.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import msgpack
 import msgspec
@@ -71,6 +71,7 @@ _encode = msgspec.msgpack.Encoder().encode   # Structs, and lists/dicts of plain
 _raw_array = msgspec.msgpack.Decoder(list[msgspec.Raw])  # a frame, its messages undecoded
 _any = msgspec.msgpack.Decoder()  # a frame's version and stage
 _message = msgspec.msgpack.Decoder(Message)
+_lone = msgspec.msgpack.Decoder(tuple[Literal[1], str, Message])  # [VERSION, stage, msg]: one decode
 _client_message = msgspec.msgpack.Decoder(ClientMessage)
 _DECODE_ERRORS = (msgspec.DecodeError, OverflowError)
 
@@ -126,13 +127,14 @@ class FrameBuilder:
     timer of a few milliseconds and whenever its input runs dry.
     """
 
-    __slots__ = ("stage", "_header", "_parts", "nbytes", "_packer")
+    __slots__ = ("stage", "_header", "_lone", "_parts", "nbytes", "_packer")
 
     def __init__(self, stage: str | tuple[str, int]) -> None:
         self.stage = stage
         self._packer = msgpack.Packer(use_bin_type=True, autoreset=True)
         target = list(stage) if type(stage) is tuple else stage
         self._header = self._packer.pack(VERSION) + self._packer.pack(target)
+        self._lone = self._packer.pack_array_header(3) + self._header  # a frame of one message
         self._parts: list[bytes] = []
         self.nbytes = 0
 
@@ -149,8 +151,10 @@ class FrameBuilder:
     def take(self) -> bytes:
         """The frame for everything added so far; the builder is empty afterwards."""
         parts = self._parts
-        head = self._packer.pack_array_header(len(parts) + 2)
-        frame = b"".join((head, self._header, *parts))
+        if len(parts) == 1:  # a lone message (the low-load case): its frame in one concatenation
+            frame = self._lone + parts[0]
+        else:
+            frame = b"".join((self._packer.pack_array_header(len(parts) + 2), self._header, *parts))
         self._parts = []
         self.nbytes = 0
         return frame
@@ -191,6 +195,19 @@ def split_frame(buf: bytes) -> tuple[str | tuple[str, int], list[msgspec.Raw]]:
     return stage, parts[2:]
 
 
+def lone_message(buf: bytes, stage: str) -> Message | None:
+    """The message of a frame ``[VERSION, stage, msg]`` for ``stage`` that holds one
+    well-formed message, checked as :func:`split_frame` and :func:`decode_message` check
+    it but in one decode (the low-load case); None for any other frame, which they take."""
+    if not buf or buf[0] != 0x93:  # not an array of three: nothing to try
+        return None
+    try:
+        _, target, msg = _lone.decode(buf)
+    except _DECODE_ERRORS:
+        return None
+    return msg if target == stage else None
+
+
 def decode_message(raw: msgspec.Raw | bytes) -> Message:
     """One data-plane message, every field checked; :class:`WireError` names what is wrong."""
     try:
@@ -212,6 +229,16 @@ def messages(parts: list[msgspec.Raw], bad: Callable[[WireError], None]) -> Iter
             yield _message.decode(raw)
         except _DECODE_ERRORS as exc:
             bad(_explain(raw, exc, KIND_NAMES, _FIELDS))
+
+
+def message_list(parts: list[msgspec.Raw], bad: Callable[[WireError], None]) -> list[Message]:
+    """:func:`messages` as a list: all at once while every one decodes (no generator
+    step per message on the hot path), else one by one so each bad one costs only itself."""
+    decode = _message.decode
+    try:
+        return [decode(raw) for raw in parts]
+    except _DECODE_ERRORS:
+        return list(messages(parts, bad))
 
 
 def join_chunks(chunks: list[Any]) -> Any:

@@ -43,14 +43,20 @@ PEER_PARK_MAX = 4 * PEER_PARK_FRAMES
 
 Budget = Callable[[int], int | None]  # request id -> its time left in ms (None: unknown)
 
+# pyzmq copies a frame smaller than this even when asked not to: asking for the copy
+# skips its zero-copy checks on the hot path.
+_ZERO_COPY_MIN = zmq.COPY_THRESHOLD
+_NOBLOCK = int(zmq.NOBLOCK)
+
 
 class Outbox:
     """One PUSH to one destination, its coalescing batches and its parked frames."""
 
-    __slots__ = ("dest", "address", "asock", "sock", "batches", "backlog", "sender", "sent", "budget")
+    __slots__ = ("dest", "address", "asock", "sock", "batches", "backlog", "sender", "sent", "budget",
+                 "pending", "_dirty")
 
     def __init__(self, dest: int, address: str, asock: Any, window: int,
-                 budget: Budget | None = None) -> None:
+                 budget: Budget | None = None, dirty: list[Outbox] | None = None) -> None:
         self.dest = dest
         self.address = address
         self.asock = asock  # asyncio socket: awaited sends of parked frames
@@ -62,27 +68,48 @@ class Outbox:
         self.sender: asyncio.Task | None = None
         self.sent = SentIds(window, OLDER_MEMORY)
         self.budget = budget  # a request's time left, stamped on its first message here
+        self.pending = False  # something was added since the last seal
+        self._dirty = dirty   # the outboxes to flush: this one joins it when it gets something
+
+    def _note(self, msg: Message) -> None:
+        """``msg``'s request was sent here (for lost reports); on its first message here this
+        interval, the request's time left (its deadline travels)."""
+        rid = msg.path[0]
+        current = self.sent.recent[-1]
+        if rid not in current:
+            current.add(rid)
+            if self.budget is not None:
+                left = self.budget(rid)
+                if left is not None:
+                    msg.left_ms = left
 
     def add(self, msg: Message, stage: str) -> int:
         """Coalesce ``msg`` into the batch for ``stage``; returns that batch's size in bytes."""
         if self.dest > GATEWAY:  # a gateway does not die under its senders (nor takes lost reports)
-            rid = msg.path[0]
-            current = self.sent.recent[-1]
-            if rid not in current:  # first of its request here this interval: its deadline travels
-                current.add(rid)
-                if self.budget is not None:
-                    left = self.budget(rid)
-                    if left is not None:
-                        msg.left_ms = left
+            self._note(msg)
+        if not self.pending:
+            self.pending = True
+            if self._dirty is not None:
+                self._dirty.append(self)
         batch = self.batches.get(stage)
         if batch is None:
             batch = self.batches[stage] = wire.FrameBuilder(stage)
         return batch.add(msg)
 
+    def lone_frame(self, msg: Message, stage: str | tuple[str, int]) -> bytes | None:
+        """``msg`` in a frame of its own, noted as :meth:`add` notes it, when nothing here
+        is to go before it (no batch, no parked frame); else None: batch it."""
+        if self.pending or self.backlog:
+            return None
+        if self.dest > GATEWAY:
+            self._note(msg)
+        return wire.encode_frame(stage, [msg])
+
     def seal(self) -> None:
         """Every non-empty batch becomes a frame at the end of the backlog."""
+        self.pending = False
         for batch in self.batches.values():
-            if len(batch):
+            if batch.nbytes:
                 self.backlog.append(batch.take())
 
     def send_ready(self) -> int:
@@ -90,9 +117,11 @@ class Outbox:
         peer's queue is full) waits for :meth:`send_parked`."""
         backlog = self.backlog
         n = 0
+        send = self.sock.send
         while backlog:
+            frame = backlog[0]
             try:
-                self.sock.send(backlog[0], zmq.NOBLOCK, copy=False)
+                send(frame, _NOBLOCK, copy=len(frame) < _ZERO_COPY_MIN)
             except zmq.Again:
                 break
             backlog.popleft()
@@ -152,12 +181,13 @@ class Outboxes:
         self.window = window  # heartbeat intervals of request ids kept per outbox (liveness + 2)
         self.outs: dict[int, Outbox] = {}
         self.blocked: set[int] = set()
+        self.dirty: list[Outbox] = []  # outboxes with batches not sealed yet: a flush looks at no other
 
     def get(self, dest: int) -> Outbox:
         out = self.outs.get(dest)
         if out is None:
             address, asock = self.connect(dest)
-            out = self.outs[dest] = Outbox(dest, address, asock, self.window, self.budget)
+            out = self.outs[dest] = Outbox(dest, address, asock, self.window, self.budget, self.dirty)
         return out
 
     def __iter__(self) -> Iterator[int]:
@@ -198,12 +228,41 @@ class Outboxes:
             return  # the sender task owns the order of what is parked
         self.stats["frames_out"] += out.send_ready()
         if out.backlog:
-            self.blocked.add(out.dest)
-            out.sender = asyncio.get_running_loop().create_task(self._send_parked(out))
+            self._park(out)
+
+    def send_lone(self, out: Outbox, msg: Message, stage: str | tuple[str, int]) -> bool:
+        """Send ``msg`` now in a frame of its own, past the batches and the flush (a lone
+        message at low load waits for nothing); False, and nothing done, when something
+        waits to go before it there. A full peer parks the frame as a flush would."""
+        frame = out.lone_frame(msg, stage)
+        if frame is None:
+            return False
+        try:
+            out.sock.send(frame, _NOBLOCK, copy=len(frame) < _ZERO_COPY_MIN)
+        except zmq.Again:
+            out.backlog.append(frame)
+            self._park(out)
+        else:
+            self.stats["frames_out"] += 1
+        return True
+
+    def _park(self, out: Outbox) -> None:
+        """The peer takes no more now: its frames wait for a sender task, and it is blocked."""
+        self.blocked.add(out.dest)
+        out.sender = asyncio.get_running_loop().create_task(self._send_parked(out))
 
     def flush_all(self) -> None:
-        for out in list(self.outs.values()):
-            self.flush(out)
+        """Flush every outbox that got something since its last flush (none else has
+        anything to send: one with parked frames has a sender task at them)."""
+        dirty = self.dirty
+        if not dirty:
+            return
+        outs = dirty[:]
+        dirty.clear()
+        live = self.outs
+        for out in outs:
+            if live.get(out.dest) is out:  # not dropped since
+                self.flush(out)
 
     async def _send_parked(self, out: Outbox) -> None:
         def sent() -> None:
@@ -214,6 +273,9 @@ class Outboxes:
         finally:
             out.sender = None
             self.blocked.discard(out.dest)
+            if out.backlog and not out.pending and self.outs.get(out.dest) is out:
+                out.pending = True  # the sender failed: the next flush tries again
+                self.dirty.append(out)
             self.on_unblocked()
 
     def drop(self, dest: int) -> tuple[Outbox, int, set[int]]:
@@ -244,3 +306,4 @@ class Outboxes:
             for out in self.outs.values():
                 out.asock.close(linger=500)
             self.outs.clear()
+            self.dirty.clear()

@@ -28,6 +28,9 @@ from alto_bus.runtime.handler_seconds import BOUNDS, HandlerSeconds
 log = logging.getLogger("alto.stage")
 _clock = time.perf_counter
 FIRST_BOUND = BOUNDS[0]
+# What handlers return most: values that are neither generators nor awaitables, known by
+# their type alone (inspect.isawaitable asks the Awaitable ABC, the dearest check here).
+_PLAIN = frozenset({str, bytes, int, float, bool, list, dict, tuple, type(None)})
 
 
 class Emitter(Protocol):
@@ -103,6 +106,7 @@ class FunctionStage(StageLogic):
         self.handler_seconds = HandlerSeconds()
         self._pool = (concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="alto-handler")
                       if threads and not (self.is_async or self.is_async_gen) else None)
+        self._on_loop = not (self.is_async_gen or self.is_async or self._pool is not None)  # called inline
 
     async def close(self) -> None:
         if self._pool is not None:
@@ -112,35 +116,41 @@ class FunctionStage(StageLogic):
         payload = self._chunks.feed(path, payload, final)
         if payload is PENDING:
             return
-        if self.is_async_gen:
-            self.out.spawn(path[0], self._run_async_gen(path, payload, epoch))
-        elif self.is_async:
-            self.out.spawn(path[0], self._run_async(path, payload, epoch))
-        elif self._pool is not None:
-            self.out.spawn(path[0], self._run_in_thread(path, payload, epoch))
+        if not self._on_loop:
+            if self.is_async_gen:
+                self.out.spawn(path[0], self._run_async_gen(path, payload, epoch))
+            elif self.is_async:
+                self.out.spawn(path[0], self._run_async(path, payload, epoch))
+            else:
+                self.out.spawn(path[0], self._run_in_thread(path, payload, epoch))
+            return
+        t0 = _clock()
+        try:
+            result = self.fn(payload)
+        except Exception as exc:
+            self.handler_seconds.observe(_clock() - t0)
+            self._fail(path, exc, epoch)
+            return
+        if type(result) in _PLAIN:
+            if result is None:
+                self.out.drop(path, epoch)
+            else:
+                self.out.data(path, 0, result, True, epoch)
+        elif isinstance(result, types.GeneratorType):
+            self._fan_out(path, result, epoch)
+        elif inspect.isawaitable(result):
+            self.out.spawn(path[0], self._await_result(path, result, epoch, t0))
+            return
         else:
-            t0 = _clock()
-            try:
-                result = self.fn(payload)
-            except Exception as exc:
-                self.handler_seconds.observe(_clock() - t0)
-                self._fail(path, exc, epoch)
-                return
-            if isinstance(result, types.GeneratorType):
-                self._fan_out(path, result, epoch)
-            elif inspect.isawaitable(result):
-                self.out.spawn(path[0], self._await_result(path, result, epoch, t0))
-                return
-            else:
-                self._emit(path, result, epoch)
-            # The hot path of cheap handlers: a fast item is counted without a call or a search.
-            seconds = _clock() - t0
-            timing = self.handler_seconds
-            if seconds <= FIRST_BOUND:
-                timing.counts[0] += 1
-                timing.total += seconds
-            else:
-                timing.observe(seconds)
+            self._emit(path, result, epoch)
+        # The hot path of cheap handlers: a fast item is counted without a call or a search.
+        seconds = _clock() - t0
+        timing = self.handler_seconds
+        if seconds <= FIRST_BOUND:
+            timing.counts[0] += 1
+            timing.total += seconds
+        else:
+            timing.observe(seconds)
 
     def _emit(self, path: list, result: Any, epoch: int) -> None:
         if result is None:

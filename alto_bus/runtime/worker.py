@@ -4,14 +4,17 @@ One asyncio loop owns the data plane: it binds one PULL inbox, decodes each fram
 (a batch of messages), hands the messages to the stage's logic, and coalesces what
 the logic emits into one frame per (destination, stage), sent when the input runs dry,
 when a batch reaches ``batch_bytes``, or ``flush_ms`` after the first message of a
-batch produced by asynchronous work. A send that would block parks the frame and stops
+batch produced by asynchronous work. What the first frame of a burst yields leaves
+before more is read; the item of a lone message, at once in a frame of its own (the
+low-load case: it waits for no batch). A send that would block parks the frame and stops
 the inbox loop until the peer takes it: a slow stage slows its senders, and the chain
 of full queues reaches the gateway, which refuses new requests as overloaded.
 
 The worker ties the parts together; each has its own module, tested without sockets:
 where an item goes (:mod:`alto_bus.routing.route_table`), the outboxes
 (:mod:`alto_bus.runtime.outbox`), the inbox reader (:mod:`alto_bus.runtime.inbox`). The
-control plane runs in its own thread (:mod:`alto_bus.runtime.control_link`).
+control plane runs in its own thread (:mod:`alto_bus.runtime.control_link`); what each of
+its messages does is :mod:`alto_bus.runtime.control_events`.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import zmq.asyncio
 from alto_bus.protocol import wire
 from alto_bus.protocol.bad_frames import BadFrames
 from alto_bus.protocol.messages import Data, Drop, End, Error, Message
+from alto_bus.runtime.control_events import on_control
 from alto_bus.runtime.control_link import ControlLink
 from alto_bus.runtime.embedding import Embedded, WorkerError  # noqa: F401  (WorkerError: part of this module's interface)
 from alto_bus.runtime.heartbeat import HeartbeatBoard, snapshot
@@ -128,6 +132,7 @@ class Worker(Embedded):
         self._inflight: dict[int, set[asyncio.Task]] = {}  # the handler tasks of each request
         self._inflight_total = 0
         self._flush_handle: asyncio.TimerHandle | None = None
+        self._lone = False  # the next item out may go at once, alone (see _send)
 
     async def run(self) -> None:
         """Join the topology and serve until stopped (``request_stop`` or the broker)."""
@@ -184,7 +189,7 @@ class Worker(Embedded):
         loop = self._loop
         if loop is not None and not loop.is_closed():
             try:
-                loop.call_soon_threadsafe(self._on_control, op, body)
+                loop.call_soon_threadsafe(on_control, self, op, body)
             except RuntimeError:
                 pass
 
@@ -200,44 +205,6 @@ class Worker(Embedded):
         if fut not in done:
             raise WorkerError(f"{why} within {self.connect_timeout:g} s")
         return fut.result()
-
-    def _on_control(self, op: str, body: dict) -> None:
-        fut = self._events.pop(op, None)
-        if fut is not None and not fut.done():
-            fut.set_result(body)
-        if op in ("table", "table_delta"):
-            view = self._feed.table(op, body)
-            if view is None:  # a table went missing: ask for the whole view
-                self._control.send("resync", {})
-            else:
-                self._apply_table(view)
-        elif op == "loads":
-            if not self._feed.loads_in_sequence(body) and self.iid is not None:
-                self._control.send("resync", {})  # a report or a table went missing
-            self.outboxes.rotate(body.get("ended", []))  # a heartbeat interval: a new generation
-            self._forget(body.get("ended", []))
-            self._oldest_epoch = int(body.get("oldest", 0))
-            self.routes.apply_loads(body)
-            self._drop_gone()
-        elif op == "left":
-            self._left_epoch = self.routes.epoch  # that table came just before "left"
-        elif op == "cancel":
-            self._cancel(body.get("rids", []))
-        elif op == "resend" and self._retrying is not None:
-            self._retrying.resend(int(body.get("iid", -1)))
-        elif op == "shutdown":
-            self._begin_stop(drain=False)
-        elif op == "control_failed":
-            log.critical("stage %s: the control link failed %d turns in a row; stopping", self.stage, body["turns"])
-            self.failed = True
-            self._begin_stop(drain=False)
-        elif op == "broker_lost":
-            log.error("stage %s: the broker has been silent for %.0f s; stopping", self.stage, body["silent"])
-            self._begin_stop(drain=False)
-        elif op == "registered" and self.iid is not None:
-            self.iid = int(body["iid"])  # re-registered after a broker restart
-        elif op == "error":
-            log.warning("the broker says: %s", body.get("reason"))
 
     def _begin_stop(self, drain: bool = True) -> None:
         if drain and not self._draining and self.iid is not None and not self._stop_now:
@@ -314,7 +281,8 @@ class Worker(Embedded):
         if self.curve is not None:
             curve = (self.curve.to_broker("results") if is_gateway(dest)
                      else self.curve.to_peer(f"instance {dest}"))
-        return address, make_socket(zmq.asyncio.Context.instance(), zmq.PUSH, connect=address,
+        # On the inbox's context: one I/O thread to wake per message passed on, not two.
+        return address, make_socket(zmq.asyncio.Context(shadow=zmq.Context.instance()), zmq.PUSH, connect=address,
                                     hwm=self.routes.queue_of(dest), immediate=True, curve=curve)
 
     def _drop_outbox(self, dest: int, why: str) -> None:
@@ -395,6 +363,10 @@ class Worker(Embedded):
                               f"request ({PARKED_MEMORY} items waiting)", 0)
 
     def _send(self, out: Outbox, msg: Message, stage: str | tuple[str, int]) -> None:
+        if self._lone:  # the first item out of a burst's first frame, itself one message
+            self._lone = False
+            if self.outboxes.send_lone(out, msg, stage):
+                return
         if out.add(msg, stage) >= self.config.batch_bytes:
             self.outboxes.flush(out)
         elif not self._inbox.in_burst and self._flush_handle is None:
@@ -449,17 +421,18 @@ class Worker(Embedded):
         return self._left_epoch is None or self._oldest_epoch < self._left_epoch
 
     def _on_frame(self, frame: bytes) -> None:
-        logic = self.logic
-        cancelled = self._cancelled
-        deadlines, now = self._deadlines, self._loop.time()
         index, msgs = checked_messages(frame, self.stage, self.stats, self._bad, len(self.config.inputs))
+        self._lone = self._inbox.first and len(msgs) == 1
         if self._retrying is not None:
             msgs = self._retrying.incoming(msgs, index)
-        for msg in (msgs if self._io is None else self._io.incoming(msgs, index)):
+        if self._io is not None:
+            msgs = self._io.incoming(msgs, index)
+        logic, cancelled = self.logic, self._cancelled
+        for msg in msgs:
             if cancelled and msg.path[0] in cancelled:
                 continue
             if msg.left_ms is not None:
-                deadlines.note(msg.path[0], msg.left_ms, now)
+                self._deadlines.note(msg.path[0], msg.left_ms, self._loop.time())
             kind = type(msg)
             try:
                 if kind is Data:
@@ -475,6 +448,7 @@ class Worker(Embedded):
             except Exception as exc:  # a bug in stage logic must not take the worker down
                 log.exception("stage %s failed on a %s message", self.stage, wire.kind_name(msg))
                 self.error([msg.path[0]], f"stage failed: {describe(exc)}", 0)
+        self._lone = False
 
     def _bad(self, exc: wire.WireError) -> None:
         self.stats["bad_frames"] += 1

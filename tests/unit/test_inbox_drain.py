@@ -90,3 +90,32 @@ def test_paused_inbox_reads_nothing_until_resumed() -> None:
         return got
 
     assert asyncio.run(scenario()) == [b"x", b"y"]
+
+
+def test_what_the_first_frame_of_a_burst_yields_is_flushed_before_more_is_read() -> None:
+    """A lone message waits for nothing (not even the question whether more frames wait);
+    the frames read after it in the burst are flushed together once the burst ends."""
+    async def scenario() -> list[str]:
+        events: list[str] = []
+        done = asyncio.Event()
+
+        def on_frame(frame: bytes) -> None:
+            events.append(frame.decode())
+
+        def after_burst() -> None:
+            events.append("flush")
+            if events.count("flush") == 2:
+                done.set()
+
+        with _pair("inbox-first") as (pull, push):
+            inbox = Inbox(on_frame, lambda: True, after_burst)
+            for name in ("f0", "f1", "f2"):
+                push.send(name.encode())
+            inbox.open(pull)
+            try:
+                await asyncio.wait_for(done.wait(), 5)
+            finally:
+                inbox.close()
+        return events
+
+    assert asyncio.run(scenario()) == ["f0", "flush", "f1", "f2", "flush"]
