@@ -142,7 +142,7 @@ class BrokerGateways:
         if self.entry_pool is not None and placements is not None:
             common["placements"] = placements.get(self.entry_pool)
             common["member_loads"] = (member_loads or {}).get(self.entry_pool)
-        held = self._held() if self.peers else set()
+        held = self._held()
         for peer in self.peers.values():
             self._send_control(peer.identity, "gw_view", {**common, "held": own_ids(held, peer.index, self.gateway_count)})
 

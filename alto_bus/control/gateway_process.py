@@ -212,9 +212,6 @@ class GatewayProcess(GatewaySide, BrokerPublishing, BrokerRetries):
         rids, self.gateway.cancelled = self.gateway.cancelled, []
         self._tell("gw_cancel", {"rids": rids})
 
-    def status(self) -> dict[str, Any]:
-        return {"index": self.index, "addresses": self.addresses, **self.gateway_io.status()}
-
     def close(self) -> None:
         for link in self.entries.values():
             link.sock.close(linger=0)

@@ -60,6 +60,17 @@ log = logging.getLogger("alto.worker")
 CANCELLED_MEMORY = 100_000
 
 
+def _outbox_context() -> zmq.asyncio.Context:
+    """The asyncio view of the process's one ZeroMQ context (made once: every outbox shares it)."""
+    global _OUTBOX_CONTEXT
+    if _OUTBOX_CONTEXT is None or _OUTBOX_CONTEXT.underlying != zmq.Context.instance().underlying:
+        _OUTBOX_CONTEXT = zmq.asyncio.Context(shadow=zmq.Context.instance())
+    return _OUTBOX_CONTEXT
+
+
+_OUTBOX_CONTEXT: zmq.asyncio.Context | None = None
+
+
 class Worker(Embedded):
     """One instance of a stage. Embed it in a process, or let ``alto worker`` run it.
 
@@ -282,7 +293,7 @@ class Worker(Embedded):
             curve = (self.curve.to_broker("results") if is_gateway(dest)
                      else self.curve.to_peer(f"instance {dest}"))
         # On the inbox's context: one I/O thread to wake per message passed on, not two.
-        return address, make_socket(zmq.asyncio.Context(shadow=zmq.Context.instance()), zmq.PUSH, connect=address,
+        return address, make_socket(_outbox_context(), zmq.PUSH, connect=address,
                                     hwm=self.routes.queue_of(dest), immediate=True, curve=curve)
 
     def _drop_outbox(self, dest: int, why: str) -> None:
