@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import select
 import statistics
 import subprocess
 import sys
@@ -31,7 +30,7 @@ from alto_bus import Client
 from alto_bus.deploy.status_probe import StatusProbe
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchkit import percentile, proc_cpu  # noqa: E402
+from benchkit import launch_until_ready, percentile, proc_cpu  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "topology" / "examples"
@@ -50,22 +49,7 @@ def with_gateways(source: Path, n: int, folder: Path) -> Path:
 class Launched:
     def __init__(self, topology: Path) -> None:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(EXAMPLES), os.environ.get("PYTHONPATH", "")])}
-        self.proc = subprocess.Popen([sys.executable, "-m", "alto_bus", "launch", str(topology)], cwd=ROOT, env=env,
-                                     stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
-        self.printed: dict[str, str] = {}
-        buf, deadline = b"", time.monotonic() + 60
-        while "ready" not in self.printed:
-            if b"\n" not in buf:
-                ready, _, _ = select.select([self.proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
-                chunk = os.read(self.proc.stdout.fileno(), 65536) if ready else b""
-                if not chunk:
-                    self.stop()
-                    raise SystemExit(f"alto launch {topology} did not say ready within 60 s")
-                buf += chunk
-                continue
-            raw, buf = buf.split(b"\n", 1)
-            word, _, rest = raw.decode().strip().partition(" ")
-            self.printed[word] = rest
+        self.proc, self.printed = launch_until_ready(["launch", str(topology)], env)
 
     def tier_pids(self) -> list[int]:
         """The broker's pid and each gateway's beside it."""

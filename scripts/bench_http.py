@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import json
 import os
-import select
 import signal
 import statistics
 import subprocess
@@ -35,33 +34,14 @@ except ImportError:  # not on Windows
     uvloop = None
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchkit import percentile  # noqa: E402
+from benchkit import launch_until_ready, percentile  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXT = "the quick brown fox"
 
 
 def launch(topology: Path) -> tuple[subprocess.Popen, dict[str, str]]:
-    proc = subprocess.Popen([sys.executable, "-m", "alto_bus", "launch", str(topology), "--http", "127.0.0.1:0"],
-                            cwd=ROOT, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
-    printed: dict[str, str] = {}
-    deadline = time.monotonic() + 60
-    buf = b""
-    while True:
-        if b"\n" not in buf:  # raw reads: a buffered readline would hide lines from select
-            ready, _, _ = select.select([proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
-            chunk = os.read(proc.stdout.fileno(), 65536) if ready else b""
-            if not chunk:
-                proc.kill()
-                raise SystemExit("alto launch did not say ready within 60 s")
-            buf += chunk
-            continue
-        raw, buf = buf.split(b"\n", 1)
-        line = raw.decode().strip()
-        if line == "ready":
-            return proc, printed
-        word, _, rest = line.partition(" ")
-        printed[word] = rest
+    return launch_until_ready(["launch", str(topology), "--http", "127.0.0.1:0"])
 
 
 def zmq_run(gateway: str, n: int, concurrency: int) -> tuple[float, list[float]]:

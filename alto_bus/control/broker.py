@@ -113,27 +113,9 @@ class Broker(GatewaySide, BrokerGateways, BrokerPublishing, BrokerRetries):
             log.debug("control %s to %r not sent: %s", op, identity, exc)
 
     def _on_control(self, identity: bytes, frame: bytes) -> None:
-        try:
-            op, body = wire.decode_control(frame)
-        except wire.WireError as exc:
-            self.bad("control", exc.reason, str(exc))
-            return
-        now = time.monotonic()
-        if op not in control_bodies.BODIES:
-            self.bad("control", "unknown op", f"unknown op {op!r:.40}")
-            self._send_control(identity, "error", {"reason": f"unknown op {op!r:.40}"})
-            return
-        try:
-            msg = control_bodies.convert(op, body)
-        except control_bodies.BodyError as exc:
-            self.bad("control", exc.reason, str(exc))
-            self._send_control(identity, "error", {"reason": f"bad {op!r} message: {exc}"})
-            return
-        try:
-            getattr(self, f"_op_{op}")(identity, msg, now)
-        except Exception as exc:  # a bug of ours: this message is lost, the broker serves on
-            log.exception("control op %s failed", op)
-            self.bad("control", f"{op} failed", f"{op}: {type(exc).__name__}: {exc}")
+        self._take_control(frame, control_bodies.BODIES,
+                           lambda op, raw, body, now: getattr(self, f"_op_{op}")(identity, body, now),
+                           lambda reason: self._send_control(identity, "error", {"reason": reason}))
 
     def _op_hello(self, identity: bytes, body: control_bodies.Hello, now: float) -> None:
         stage = body.stage
@@ -257,7 +239,7 @@ class Broker(GatewaySide, BrokerGateways, BrokerPublishing, BrokerRetries):
         if dead:
             self._membership_changed()
         if self._table_due:  # before the loads report, which names the epoch
-            self._publish_table()
+            self._publish_table(views=False)  # the gateways' views go below, once
         self._settle_lost(now)
         loads = self.members.loads()
         self.loads.update(loads)

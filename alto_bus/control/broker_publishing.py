@@ -51,9 +51,10 @@ class BrokerPublishing:
     def _membership_changed(self) -> None:
         self._table_due = True  # published when this turn of the loop is done
 
-    def _publish_table(self) -> None:
+    def _publish_table(self, views: bool = True) -> None:
         """The new epoch's table: each instance gets its stage's view (whole, or the changes
-        since the view it had); the gateway's entry links follow it."""
+        since the view it had); the gateway's entry links follow it. ``views=False``: the
+        caller (a tick) sends the other gateways their view right after, with the loads."""
         self._table_due = False
         self._published_at = time.monotonic()
         epoch = self.members.epoch
@@ -64,7 +65,8 @@ class BrokerPublishing:
             self._send_frame(instances[iid].identity, frame, "table")
         log.debug("epoch %d published: %d bytes", epoch, self.table_reports.bytes_last)
         self._sync_entries()
-        self._send_views()  # the gateways beside this one follow it too
+        if views:
+            self._send_views()  # the gateways beside this one follow it too
 
     def _publish_at(self) -> float:
         """When registrations may cut the next epoch: every epoch sends each instance its

@@ -38,7 +38,6 @@ from alto_bus.control.socket_drain import drain
 from alto_bus.deploy.topology import Topology
 from alto_bus.net.sockets import make_socket
 from alto_bus.protocol import gateway_bodies, wire
-from alto_bus.protocol.control_bodies import BodyError
 from alto_bus.protocol.gateway_bodies import TOKEN_ENV
 from alto_bus.protocol.messages import Submit
 
@@ -140,22 +139,9 @@ class GatewayProcess(GatewaySide, BrokerPublishing, BrokerRetries):
     # -- what the broker says ----------------------------------------------------------
 
     def _on_broker(self, frame: bytes) -> None:
-        try:
-            op, raw = wire.decode_control(frame)
-            if op not in gateway_bodies.TO_GATEWAY:
-                raise BodyError(f"unknown op {op!r:.40}", "unknown op")
-            body = gateway_bodies.convert(op, raw)
-        except (wire.WireError, BodyError) as exc:
-            self.bad("control", getattr(exc, "reason", "undecodable"), str(exc))
-            return
-        now = time.monotonic()
-        try:
-            self._on_op(op, body, raw, now)
-        except Exception as exc:  # a bug of ours: this message is lost, the gateway serves on
-            log.exception("gateway %d: %s from the broker failed", self.index, op)
-            self.bad("control", f"{op} failed", f"{op}: {type(exc).__name__}: {exc}")
+        self._take_control(frame, gateway_bodies.TO_GATEWAY, self._on_op)
 
-    def _on_op(self, op: str, body: Any, raw: dict, now: float) -> None:
+    def _on_op(self, op: str, raw: dict, body: Any, now: float) -> None:
         if op == "gw_view":
             if self.members.update(body, now):
                 self._sync_entries()

@@ -15,7 +15,7 @@ import random
 import signal
 import socket
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import zmq
@@ -27,7 +27,7 @@ from alto_bus.control.request_book import ClientOut, Gateway, left_ms
 from alto_bus.control.socket_drain import BadFrames
 from alto_bus.deploy.topology import Topology
 from alto_bus.net import curve as keys
-from alto_bus.protocol import wire
+from alto_bus.protocol import control_bodies, wire
 from alto_bus.protocol.messages import Data, Submit
 from alto_bus.routing.choice import LoadView
 from alto_bus.routing.pool_route import PoolRoute
@@ -84,6 +84,25 @@ class GatewaySide:
         # Instances retired, suspected or gone, and what each leaves to settle.
         self.ledger = FailureLedger(cfg.heartbeat_interval * cfg.heartbeat_liveness)
         self._init_retries(topology)  # stages with retries (alto_bus/control/broker_retries.py)
+
+    def _take_control(self, frame: bytes, bodies: dict[str, type[control_bodies.Body]],
+                      handle: Callable[[str, dict, Any, float], None],
+                      answer: Callable[[str], None] | None = None) -> None:
+        """One control frame decoded, checked against ``bodies`` and handed to ``handle``.
+        A bad one is counted (and, when it named an op, the sender is told by ``answer``);
+        a handler's failure is a bug of ours: that message is lost, the process serves on."""
+        try:
+            op, raw, body = control_bodies.decode_checked(frame, bodies)
+        except control_bodies.BodyError as exc:
+            self.bad("control", exc.reason, str(exc))
+            if answer is not None and exc.op is not None:
+                answer(str(exc) if exc.reason == "unknown op" else f"bad {exc.op!r} message: {exc}")
+            return
+        try:
+            handle(op, raw, body, time.monotonic())
+        except Exception as exc:
+            log.exception("gateway %d: control op %s failed", self.index, op)
+            self.bad("control", f"{op} failed", f"{op}: {type(exc).__name__}: {exc}")
 
     def _end_turn(self, now: float) -> None:
         """What each turn of the loop ends with: expired requests answered, entry frames and

@@ -13,6 +13,7 @@ from typing import Annotated, Union
 
 import msgspec
 
+from alto_bus.protocol import wire
 from alto_bus.protocol.messages import Count
 
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
@@ -78,9 +79,29 @@ BODIES: dict[str, type[Body]] = {
 
 
 class BodyError(ValueError):
-    def __init__(self, text: str, reason: str) -> None:
+    """``reason``: a label from a fixed set (for counters); ``op``: the op the frame named,
+    when it could be read (the sender may then be told what was wrong)."""
+
+    def __init__(self, text: str, reason: str, op: str | None = None) -> None:
         super().__init__(text)
         self.reason = reason
+        self.op = op
+
+
+def decode_checked(frame: bytes, bodies: dict[str, type[Body]]) -> tuple[str, dict, Body]:
+    """A control frame as ``(op, its body as sent, its body's record)`` for a side that
+    takes the ops of ``bodies``; BodyError names what is wrong (frame, op, field)."""
+    try:
+        op, raw = wire.decode_control(frame)
+    except wire.WireError as exc:
+        raise BodyError(str(exc), exc.reason) from None
+    if op not in bodies:
+        raise BodyError(f"unknown op {op!r:.40}", "unknown op", op)
+    try:
+        return op, raw, convert_to(bodies, op, raw)
+    except BodyError as exc:
+        exc.op = op
+        raise
 
 
 def convert(op: str, body: dict) -> Body:

@@ -31,6 +31,7 @@ class ConsumerRoutes:
         self.loads = loads
         self.sink = len(tables) == 1 and tables[0].next is None
         self.queues: dict[str, int] = {}  # consumer stage -> frames queued for one of its instances
+        self._choices: list[list[int]] | None = None  # changes only with a table (see choices)
 
     @classmethod
     def from_welcome(cls, stage: str, welcome: dict[str, Any],
@@ -71,6 +72,7 @@ class ConsumerRoutes:
     # -- what the broker publishes: every table learns it -------------------------------
 
     def apply(self, table: dict[str, Any]) -> None:
+        self._choices = None
         for t in self.tables:
             t.apply(table)
 
@@ -103,13 +105,17 @@ class ConsumerRoutes:
         raise KeyError(dest)
 
     def choices(self) -> list[list[int]]:
-        """The instances each route picks among (the sink's: each gateway, on its own)."""
+        """The instances each route picks among (the sink's: each gateway, on its own).
+        Asked for every frame read while an outbox is blocked, so kept until the next table."""
+        if self._choices is not None:
+            return self._choices
         out = []
         for t in self.tables:
             if t.next is not None:
                 out.append(t.next_ids)
             else:
                 out.extend([-g] for g in range(len(t.results)))
+        self._choices = out
         return out
 
     def gateway_of(self, rid: int) -> int:

@@ -195,3 +195,24 @@ def test_a_stateless_hop_goes_round_a_peer_not_taking_input_but_keys_stay_with_t
     owner = keyed.route(wire.data([5, 0], 0, "x", True, 1), [5, 0])
     keyed.avoid = {owner}
     assert keyed.route(wire.data([5, 0], 0, "x", True, 1), [5, 0]) == owner, "a group has one owner"
+
+
+def test_the_instances_a_sender_picks_among_follow_each_new_table():
+    # Backpressure asks for them on every frame read while a peer is full; they are kept
+    # between tables, so a join, a death or a new gateway must show in the next answer.
+    from alto_bus.routing.consumer_routes import ConsumerRoutes
+
+    welcome = {"results": ["tcp://127.0.0.1:1"], "consumers": [{"config": {"name": "b", "inputs": ["a"]}}]}
+    routes = ConsumerRoutes.from_welcome("a", welcome, random.Random(0))
+    routes.apply(table(1, [1, 2], keyed=False))
+    assert routes.choices() == [[1, 2]]
+    routes.apply(table(2, [1, 2, 3], keyed=False))
+    assert routes.choices() == [[1, 2, 3]]
+    routes.apply(table(3, [1, 2, 3], keyed=False, dead=(2,)))
+    assert routes.choices() == [[1, 3]]
+
+    sink = ConsumerRoutes.from_welcome("b", {"results": ["tcp://127.0.0.1:1"]}, random.Random(0))
+    sink.apply({**table(1, [1]), "results": ["tcp://127.0.0.1:1"]})
+    assert sink.choices() == [[0]]
+    sink.apply({**table(2, [1]), "results": ["tcp://127.0.0.1:1", "tcp://127.0.0.1:2"]})
+    assert sink.choices() == [[0], [-1]]
