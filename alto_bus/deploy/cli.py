@@ -142,6 +142,7 @@ def cmd_broker(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    from alto_bus.deploy.processes import kill_group_members
     from alto_bus.runtime.worker import Worker, WorkerError
 
     _logging()
@@ -170,6 +171,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     except WorkerError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    finally:
+        kill_group_members()  # what the stage spawned and did not stop (a vLLM engine core)
     return 1 if worker.failed else 0  # a thread of its own failed: tell the supervisor
 
 

@@ -33,7 +33,7 @@ from alto_bus.deploy import topology as topo_mod
 from alto_bus.deploy.errors import LaunchError, NodeError
 from alto_bus.deploy.gpu_placement import Placed
 from alto_bus.deploy.plan import NodePlan, local_plan, rehost
-from alto_bus.deploy.processes import die_with
+from alto_bus.deploy.processes import die_with, end, exited
 from alto_bus.deploy.run_signal import run_until_signal
 from alto_bus.deploy.status_probe import StatusProbe
 from alto_bus.deploy.tracing_config import tracing_env
@@ -278,7 +278,7 @@ class Supervisor:
 
     def _check_children(self) -> None:
         for child in self.children:
-            code = child.proc.poll()
+            code = exited(child.proc)
             if code is not None:
                 raise NodeError(f"{self._who}{child.role} (pid {child.proc.pid}) exited with code {code} "
                                 "during start-up (its log is above)")
@@ -316,7 +316,7 @@ class Supervisor:
                     log.info("host %s: stdin closed; stopping", self.name)
                     return 0
             for child in self.children:
-                code = child.proc.poll()
+                code = exited(child.proc)  # and what it spawned killed (a vLLM engine core)
                 if code is None or child.done:
                     continue
                 child.done = True
@@ -370,11 +370,7 @@ class Supervisor:
                         pass
             deadline = time.monotonic() + grace
             for child in group:
-                try:
-                    child.proc.wait(max(0.0, deadline - time.monotonic()))
-                except subprocess.TimeoutExpired:
-                    child.proc.kill()
-                    child.proc.wait()
+                end(child.proc, child.pidfd, max(0.0, deadline - time.monotonic()))
         for child in self.children:
             if child.proc.stdout is not None:
                 child.proc.stdout.close()

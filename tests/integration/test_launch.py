@@ -139,6 +139,51 @@ def test_killing_the_launcher_leaves_no_orphan(launched):
     assert all(wait_exit(pid, 15) for pid in kids), [p for p in kids if alive(p)]
 
 
+@pytest.fixture
+def spawning(tmp_path, monkeypatch):
+    """``alto launch`` of a stage of 2 instances that each spawn a process when they load
+    (as vLLM does its engine core): (the launch, {instance pid: its spawned pid})."""
+    spawned = tmp_path / "spawned"
+    monkeypatch.setenv("ALTO_TEST_SPAWNED", str(spawned))
+    topo = {"stage": [{"name": "up", "kind": "function", "handler": "tests.integration.spawning_handlers:upper",
+                       "replicas": 2}]}
+    run = Launched(write_topology(tmp_path, topo))
+    everyone: dict[int, int] = {}
+    try:
+        run.read_until("ready")
+        with StatusProbe(run.lines[1].split()[1]) as probe:  # the launcher and broker load it too
+            workers = {i["pid"] for s in probe.query(timeout=10)["stages"].values() for i in s["instances"]}
+        everyone = dict(tuple(map(int, line.split())) for line in spawned.read_text().splitlines())
+        pids = {w: p for w, p in everyone.items() if w in workers}
+        yield run, pids
+    finally:
+        run.kill_all()
+        for pid in everyone.values():  # a failed test leaves no sleep behind either
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_what_a_dead_instance_spawned_dies_with_it(spawning):
+    run, pids = spawning
+    assert len(pids) == 2 and all(alive(p) for p in pids.values())
+    victim, other = sorted(pids)
+    os.kill(victim, signal.SIGKILL)  # it gets no chance to stop its engine
+    assert wait_exit(pids[victim], 15), "the killed instance's engine process outlived it"
+    assert alive(pids[other]), "the other instance's engine process was killed too"
+
+
+@pytest.mark.parametrize("how", ["signal", "kill"])
+def test_stopping_the_launch_stops_what_its_instances_spawned(spawning, how):
+    run, pids = spawning
+    if how == "signal":
+        run.proc.send_signal(signal.SIGTERM)
+        assert run.proc.wait(30) == 0
+    else:  # the launcher itself SIGKILLed: its instances get SIGTERM from the kernel
+        run.proc.kill()
+        run.proc.wait()
+    assert all(wait_exit(p, 15) for p in pids.values()), [p for p in pids.values() if alive(p)]
+
+
 @pytest.mark.parametrize("change, words", [
     ({"colour": "red"}, ["stage 'upper'", "unknown field 'colour'"]),
     ({"input": "nowhere"}, ["stage 'upper'", "field 'input'", "no stage named 'nowhere'"]),
