@@ -14,8 +14,10 @@ few processes, many DEALER sockets each; they do no data-plane work. A 3-stage c
   table that lists it dead (the broker's liveness is heartbeat_liveness x heartbeat_interval);
 * time to register all N instances (each turn of the broker's loop is one epoch).
 
-Each count runs twice in the same run: loads as deltas (the default) and whole every
-tick ([broker] loads_full_every = 1, the reference).
+Each count runs up to three times in the same run: loads as deltas with load subsetting
+(the default, [broker] load_subset = 32), as deltas to every sender of a stage
+(load_subset = 0, the default before subsetting), and whole every tick without subsets
+([broker] loads_full_every = 1, the reference; --loads deltas leaves it out).
 
     .venv/bin/python scripts/bench_control_plane.py --instances 250,1000,5000
 """
@@ -40,15 +42,18 @@ import zmq
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from alto_bus.deploy.topology import BROKER_FIELDS  # noqa: E402
 from alto_bus.protocol import wire  # noqa: E402
 
 HB = 0.5
 LIVENESS = 4
 
 
-def topology(path: Path, full_every: int | None) -> None:
+def topology(path: Path, full_every: int | None, load_subset: int | None = None) -> None:
     stage = 'kind = "function"\nhandler = "words_handlers:upper"\n'
     full = f"loads_full_every = {full_every}\n" if full_every else ""
+    if load_subset is not None:
+        full += f"load_subset = {load_subset}\n"
     path.write_text(f'[broker]\nheartbeat_interval = {HB}\nheartbeat_liveness = {LIVENESS}\n{full}'
                     f'[[stage]]\nname = "a"\n{stage}'
                     f'[[stage]]\nname = "b"\ninput = "a"\n{stage}'
@@ -151,10 +156,10 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def run_one(n: int, procs: int, steady: float, full_every: int | None) -> dict:
+def run_one(n: int, procs: int, steady: float, full_every: int | None, load_subset: int | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         topo = Path(tmp) / "cp.toml"
-        topology(topo, full_every)
+        topology(topo, full_every, load_subset)
         env = dict(os.environ, PYTHONPATH=f"{ROOT / 'topology' / 'examples'}:{ROOT}")
         broker = subprocess.Popen([sys.executable, "-m", "alto_bus.deploy.cli", "broker", str(topo), "--announce"],
                                   stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True)
@@ -219,7 +224,7 @@ def run_one(n: int, procs: int, steady: float, full_every: int | None) -> dict:
     return {"instances": n, "registered": registered_n, "broker_cpu": cpu, "t_register": t_register,
             "loads_bytes_per_tick": loads_bytes / ticks, "t_new_epoch": t_join, "t_notice_dead": t_dead,
             "join_table_bytes": join_bytes, "whole_table_bytes": n * whole_table_size(n),
-            "full_every": full_every or "default"}
+            "full_every": full_every or "default", "load_subset": "default" if load_subset is None else load_subset}
 
 
 def whole_table_size(n: int) -> int:
@@ -237,7 +242,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--instances", default="250,1000,5000")
     ap.add_argument("--loads", choices=["both", "deltas"], default="both",
-                    help="both: also the whole-loads-every-tick reference for each count")
+                    help="both: also the whole-loads-every-tick reference (no subsets) for each count")
+    ap.add_argument("--load-subset", default="default,0",
+                    help="[broker] load_subset values to run the deltas with (default: the topology's default, 32)")
     ap.add_argument("--procs", type=int, default=4, help="processes the simulated instances run in")
     ap.add_argument("--steady", type=float, default=10.0, help="seconds of the steady-state window")
     ap.add_argument("--out", default="out/bench_control_plane/results.json")
@@ -245,13 +252,15 @@ def main(argv: list[str] | None = None) -> int:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))   # thousands of sockets
     rows = []
+    subsets = [None if x == "default" else int(x) for x in args.load_subset.split(",")]
+    configs = [(None, k) for k in subsets] + ([(1, 0)] if args.loads == "both" else [])
     for n in [int(x) for x in args.instances.split(",")]:
-        for full in (None, 1) if args.loads == "both" else (None,):
+        for full, subset in configs:
             t = time.monotonic()
-            row = run_one(n, args.procs, args.steady, full)
+            row = run_one(n, args.procs, args.steady, full, subset)
             rows.append(row)
             print(f"[{time.monotonic() - t:5.0f} s] {n:5d} instances ({row['registered']} registered in "
-                  f"{_s(row['t_register'])}), loads {'deltas' if full is None else 'whole '}: broker CPU "
+                  f"{_s(row['t_register'])}), loads {_label(full, subset)}: broker CPU "
                   f"{row['broker_cpu']:.2f} s/s, {row['loads_bytes_per_tick'] / 1e3:,.0f} kB of loads a tick, "
                   f"one join: {row['join_table_bytes'] / 1e3:,.0f} kB of tables (whole tables to all: "
                   f"{row['whole_table_bytes'] / 1e3:,.0f} kB), new epoch everywhere in {_s(row['t_new_epoch'])}, "
@@ -266,6 +275,14 @@ def _s(x: float | None) -> str:
     return "-" if x is None else f"{x:.2f} s"
 
 
+def _label(full: int | str | None, subset: int | str | None) -> str:
+    if full not in (None, "default"):
+        return "whole every tick"
+    if subset in (None, "default"):
+        subset = BROKER_FIELDS["load_subset"][1]
+    return "deltas, no subsets" if subset == 0 else f"deltas, subsets of {subset}"
+
+
 def _plot(rows: list[dict], path: Path) -> None:
     try:
         import matplotlib
@@ -274,12 +291,13 @@ def _plot(rows: list[dict], path: Path) -> None:
     except ImportError:
         return
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
-    for full, label in (("default", "deltas"), (1, "whole every tick")):
-        rs = [r for r in rows if r["full_every"] == full and r["t_new_epoch"] is not None]
+    for config in dict.fromkeys((r["full_every"], r["load_subset"]) for r in rows):
+        rs = [r for r in rows if (r["full_every"], r["load_subset"]) == config and r["t_new_epoch"] is not None]
         ns = [r["instances"] for r in rs]
-        axes[0].plot(ns, [r["broker_cpu"] for r in rs], "o-", label=f"loads {label}")
-        axes[1].plot(ns, [r["loads_bytes_per_tick"] / 1e6 for r in rs], "o-", label=f"loads {label}")
-    rs = [r for r in rows if r["full_every"] == "default" and r["t_new_epoch"] is not None]
+        axes[0].plot(ns, [r["broker_cpu"] for r in rs], "o-", label=f"loads {_label(*config)}")
+        axes[1].plot(ns, [r["loads_bytes_per_tick"] / 1e6 for r in rs], "o-", label=f"loads {_label(*config)}")
+    rs = [r for r in rows if r["full_every"] == "default" and r["load_subset"] == "default"
+          and r["t_new_epoch"] is not None]
     ns = [r["instances"] for r in rs]
     axes[2].plot(ns, [r["join_table_bytes"] / 1e6 for r in rs], "o-", label="views and deltas")
     axes[2].plot(ns, [r["whole_table_bytes"] / 1e6 for r in rs], "o--", label="whole table to every instance")

@@ -32,6 +32,7 @@ from alto_bus.control.broker_retries import BrokerRetries
 from alto_bus.control.membership import Membership
 from alto_bus.control.table_reports import TableReports
 from alto_bus.net.sockets import advertised, bound_address, make_socket
+from alto_bus.routing import subsetting
 from alto_bus.deploy.topology import Topology
 
 log = logging.getLogger("alto.broker")
@@ -47,9 +48,11 @@ class Broker(GatewaySide, BrokerGateways, BrokerPublishing, BrokerRetries):
         keyed = {s.name: float(s.fields.get("eps", 0.25)) for s in topology.stages if s.key_depth is not None}
         self.members = Membership(self.stage_names, cfg.heartbeat_interval, cfg.heartbeat_liveness, keyed,
                                   id_base=id_base)
-        # Each stage's instances get the loads of the stages they feed, as they change.
+        # Each stage's instances get the loads of the stages they feed (of a large stateless
+        # one, only of the group they route among), as they change.
         self.load_reports = LoadReports({s.name: s.consumers for s in topology.stages}, self.pool_of,
-                                        cfg.loads_full_every)
+                                        cfg.loads_full_every, cfg.load_subset,
+                                        subsetting.eligible(topology.stages, self.pool_of))
         # Each stage's instances get its view of the routing table, whole or as changes.
         self.table_reports = TableReports({s.name: s.consumers for s in topology.stages})
         self.pools = make_pools(topology)
@@ -255,9 +258,10 @@ class Broker(GatewaySide, BrokerGateways, BrokerPublishing, BrokerRetries):
             self._update_entry_route({"placements": placements, "member_loads": member_loads})
         self._send_views(placements, member_loads)
         instances = self.members.instances
+        routable = {s: self.members.routable(s) for s in self.load_reports.subsettable}  # as just published
         for iid, frame in self.load_reports.frames(common, loads, {i: inst.stage for i, inst in instances.items()},
-                                                   placements, member_loads):
-            try:  # one encoding per stage, with the loads that changed
+                                                   placements, member_loads, routable):
+            try:  # one encoding per stage (or per group of a subsetted one), with the loads that changed
                 self.control.send_multipart([instances[iid].identity, frame], zmq.NOBLOCK)
             except zmq.ZMQError as exc:
                 log.debug("loads to %r not sent: %s", instances[iid].identity, exc)

@@ -47,6 +47,8 @@ BROKER_FIELDS: dict[str, tuple[tuple[type, ...], Any]] = {
     "loads_full_every": ((int,), 120),
     # Gateway processes (the broker's own and gateways - 1 beside it): requests and results spread over them.
     "gateways": ((int,), 1),
+    # Instances per group of a large stateless stage: each sender routes among one group and gets its loads (0: off).
+    "load_subset": ((int,), 32),
 }
 
 COMMON_STAGE_FIELDS: dict[str, tuple[tuple[type, ...], Any]] = {
@@ -114,6 +116,7 @@ class BrokerConfig:
     client_backlog_answers: int = 200_000
     loads_full_every: int = 120
     gateways: int = 1
+    load_subset: int = 32
 
 
 @dataclass(frozen=True)
@@ -256,6 +259,9 @@ def parse(raw: dict[str, Any], *, source: str = "<topology>", check_handlers: bo
         raise TopologyError(f"{source}: [broker] gateways must be between 1 and 64, got {broker.gateways}")
     if broker.loads_full_every < 1:
         raise TopologyError(f"{source}: [broker] loads_full_every must be >= 1 (ticks between whole loads reports)")
+    if broker.load_subset < 0:
+        raise TopologyError(f"{source}: [broker] load_subset must be >= 0 (instances per sender's subset of a "
+                            f"stateless stage; 0: every sender routes among all of them), got {broker.load_subset}")
 
     stages_raw = raw.get("stage")
     if not isinstance(stages_raw, list) or not stages_raw:

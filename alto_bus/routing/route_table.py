@@ -22,6 +22,7 @@ from alto_bus.protocol.messages import Data, Message
 from alto_bus.routing.choice import LoadView, pow2_choice
 from alto_bus.routing.keytable import KeyTable
 from alto_bus.routing.pool_route import PoolRoute
+from alto_bus.routing.subsetting import candidates
 
 # The destination id of the gateway's results inbox. Instance ids start at 1
 # (control/membership.py), so 0 is reserved for it and never names an instance.
@@ -109,6 +110,9 @@ class RouteTable:
         self.avoid: set[int] = set()                  # peers not taking input (the sender's blocked outboxes)
         self.parked: Callable[[int], int] = _nothing_parked  # frames the sender has parked for a peer
         self.next_ids: list[int] = []                 # next-stage instances of the newest epoch
+        self._listed: list[int] = []                  # as the newest table lists them (dead too)
+        self.group: tuple[int, int] | None = None     # (group, groups) of load subsetting, from the loads report
+        self.subset: list[int] = []                   # what a stateless item picks among: next_ids or its group
         self._sticky: dict[tuple, int] = {}           # a streamed item's instance until its end
 
     @property
@@ -128,8 +132,9 @@ class RouteTable:
         nxt = self.next
         stages = table["stages"]
         # A dead instance is never a destination, even if a table still lists it.
-        listed = [int(iid) for iid, _ in stages.get(nxt, [])] if nxt else []
+        listed = self._listed = [int(iid) for iid, _ in stages.get(nxt, [])] if nxt else []
         self.next_ids = [iid for iid in listed if iid not in self.dead]
+        self.subset = list(candidates(listed, self.next_ids, self.group))
         if self.pool is not None:
             members = {int(k): v for k, v in table.get("members", {}).items()}
             peers = table.get("peers", len(stages.get(self.stage, ())))  # the sending stage's instances
@@ -149,6 +154,12 @@ class RouteTable:
         """The broker's heartbeat-interval report: loads, pool placements, the oldest epoch
         a request in flight uses (older tables are dropped)."""
         self.loads.update({int(k): int(v) for k, v in body.get("loads", {}).items()})
+        # Every report names the groups of a subsetted consumer; none named: the whole stage.
+        named = body.get("groups", {}).get(self.next) if self.next else None
+        group = (int(named[0]), int(named[1])) if named else None
+        if group != self.group:
+            self.group = group
+            self.subset = list(candidates(self._listed, self.next_ids, group))
         self.forget_epochs_before(int(body.get("oldest", 0)))
         if self.pool is not None:
             name = self.pool_name
@@ -217,11 +228,12 @@ class RouteTable:
         kd = self.key_depth
         if kd is not None and len(path) >= kd:
             return self._key_owner(msg.epoch, path, kd)
-        ids = self.next_ids
+        ids = self.subset
         if not ids:
             return PARK
         if self.avoid:  # a stateless hop goes round a peer that is not taking input, if it can
-            ids = [i for i in ids if i not in self.avoid] or self._least_parked(ids)
+            ids = ([i for i in ids if i not in self.avoid] or [i for i in self.next_ids if i not in self.avoid]
+                   or self._least_parked(self.next_ids))
         if stream:
             key = tuple(path)
             dest = self._sticky.get(key)

@@ -216,3 +216,40 @@ def test_the_instances_a_sender_picks_among_follow_each_new_table():
     assert sink.choices() == [[0]]
     sink.apply({**table(2, [1]), "results": ["tcp://127.0.0.1:1", "tcp://127.0.0.1:2"]})
     assert sink.choices() == [[0], [-1]]
+
+
+def test_a_subsetted_sender_routes_only_among_its_group_and_falls_back_to_the_whole_stage():
+    routes = RouteTable("a", "b", None, rng=random.Random(6))
+    ids = list(range(1, 13))
+    routes.apply(table(1, ids, keyed=False))
+    everywhere = {routes.route(data([r], 1), [r]) for r in range(400)}
+    assert everywhere == set(ids), "no group named yet: the whole stage"
+    routes.apply_loads({"loads": {"4": 0, "5": 0, "6": 0}, "groups": {"b": [1, 4]}})
+    assert {routes.route(data([r], 1), [r]) for r in range(400)} == {4, 5, 6}
+    routes.apply_loads({"loads": {}, "groups": {"other": [0, 2]}})  # only its consumer's group counts
+    assert {routes.route(data([r], 1), [r]) for r in range(400)} == set(ids)
+    routes.apply_loads({"loads": {}, "groups": {"b": [1, 4]}})
+    routes.apply(table(2, ids, keyed=False, dead=(5,)))  # the group is kept through tables
+    assert {routes.route(data([r], 1), [r]) for r in range(400)} == {4, 6}
+    # Every member blocked: any other instance that takes input, not a parked item.
+    routes.avoid = {4, 6}
+    assert {routes.route(data([r], 1), [r]) for r in range(400)} == set(ids) - {4, 5, 6}
+    routes.avoid = set()
+    routes.apply(table(3, ids, keyed=False, dead=(4, 5, 6)))  # the whole group died
+    assert {routes.route(data([r], 1), [r]) for r in range(400)} == set(ids) - {4, 5, 6}
+    # The stage shrank: the sender cuts its group from the table it has (the next report
+    # names the broker's new count).
+    routes.apply(table(4, ids[:9], keyed=False))
+    assert routes.subset == [3, 4]
+
+
+def test_the_group_named_by_the_broker_is_what_the_sender_cuts_from_its_table():
+    # The broker's loads for group g and the sender's candidates are one slice of the listing.
+    from alto_bus.routing.subsetting import block
+
+    routes = RouteTable("a", "b", None)
+    ids = list(range(10, 110, 2))
+    routes.apply(table(1, ids, keyed=False))
+    for g in range(5):
+        routes.apply_loads({"loads": {}, "groups": {"b": [g, 5]}})
+        assert routes.subset == list(block(ids, g, 5))

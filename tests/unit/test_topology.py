@@ -48,6 +48,8 @@ def test_a_chain_is_ordered_and_path_depths_follow_the_fan_outs():
     (chain(fn("a"), broker={"gateway": "http://x"}), ["[broker] field 'gateway'", "tcp://host:port"]),
     (chain(fn("a", inbox="tcp://127.0.0.1")), ["stage 'a'", "field 'inbox'"]),
     (chain(fn("a"), broker={"tls": True}), ["[broker]", "unknown field 'tls'"]),
+    (chain(fn("a"), broker={"load_subset": -1}), ["[broker]", "load_subset must be >= 0", "got -1"]),
+    (chain(fn("a"), broker={"load_subset": "32"}), ["[broker]", "field 'load_subset'", "must be int"]),
     ({"stage": []}, ["no [[stage]] tables"]),
     ({"stages": [fn("a")]}, ["unknown top-level table"]),
 ])
@@ -72,3 +74,8 @@ def test_a_file_that_is_not_toml_or_missing(tmp_path):
 def test_addresses_may_be_tcp_or_ipc(tmp_path):
     topo = parse(chain(fn("a", inbox=f"ipc://{tmp_path}/a"), broker={"control": "tcp://[::1]:0"}))
     assert topo.stages[0].inbox.startswith("ipc://")
+
+
+def test_load_subset_defaults_to_32_and_zero_turns_it_off():
+    assert parse(chain(fn("a"))).broker.load_subset == 32
+    assert parse(chain(fn("a"), broker={"load_subset": 0})).broker.load_subset == 0
