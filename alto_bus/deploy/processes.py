@@ -22,9 +22,12 @@ def set_parent_death_signal(sig: int) -> bool:
         return False  # not Linux: stdin EOF and signals still stop a child
 
 
-def die_with(parent: int, sig: int) -> Callable[[], None]:
-    """A ``preexec_fn``: the child gets ``sig`` when ``parent`` dies, however it dies."""
+def die_with(parent: int, sig: int, own_group: bool = False) -> Callable[[], None]:
+    """A ``preexec_fn``: the child gets ``sig`` when ``parent`` dies, however it dies; with
+    ``own_group``, it leads a process group of its own (``process_group=0`` of Python 3.11)."""
     def preexec() -> None:
+        if own_group:
+            os.setpgid(0, 0)
         set_parent_death_signal(sig)
         if os.getppid() != parent:  # the parent died before prctl took effect
             os._exit(1)
@@ -33,7 +36,7 @@ def die_with(parent: int, sig: int) -> Callable[[], None]:
 
 def kill_group(pgid: int) -> None:
     """SIGKILL what is left of a child's process group. Each instance is started as its
-    own group (``start_new_session``), and what it spawned stays in it: a vLLM engine
+    own group (``die_with(own_group=True)``), and what it spawned stays in it: a vLLM engine
     core and its workers outlive an instance killed while it built its engine, and would
     hold the CPU and the GPU's memory with no one to stop them."""
     try:

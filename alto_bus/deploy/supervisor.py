@@ -104,8 +104,13 @@ class Supervisor:
         if placed is not None and not self.plan.local:
             env["CUDA_VISIBLE_DEVICES"] = placed.cuda_visible_devices
         death = signal.SIGTERM if self.plan.local else signal.SIGKILL
+        # Its own process group (a terminal's Ctrl-C reaches the supervisor alone, and what
+        # it spawns can be killed with it), but not its own session: with the kernel's
+        # autogroup scheduling every session is a group that gets an equal share of the
+        # CPU, and a stage that wakes now and then in a group of its own waited hundreds of
+        # ms for a core beside a busy vLLM engine (the streaming burst, BENCHMARKS.md).
         proc = subprocess.Popen([sys.executable, "-m", "alto_bus", *args], env=env, stdin=subprocess.DEVNULL,
-                                start_new_session=True, preexec_fn=die_with(os.getpid(), death), **popen)
+                                preexec_fn=die_with(os.getpid(), death, own_group=True), **popen)
         child = Child(role, proc, placed)
         try:
             child.pidfd = os.pidfd_open(proc.pid)

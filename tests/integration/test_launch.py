@@ -163,6 +163,17 @@ def spawning(tmp_path, monkeypatch):
                 os.kill(pid, signal.SIGKILL)
 
 
+def test_instances_lead_their_own_process_groups_in_the_launchers_session(spawning):
+    # One session: with the kernel's autogroup scheduling each session shares the CPU as
+    # a whole, and a stage alone in one waited hundreds of ms for a core beside a busy
+    # vLLM engine. Own groups: what an instance spawns is killed with it.
+    run, pids = spawning
+    for worker in pids:
+        assert os.getsid(worker) == os.getsid(run.proc.pid), "an instance left the launcher's session"
+        assert os.getpgid(worker) == worker, "an instance does not lead a process group of its own"
+        assert os.getpgid(pids[worker]) == worker, "what an instance spawned is not in its group"
+
+
 def test_what_a_dead_instance_spawned_dies_with_it(spawning):
     run, pids = spawning
     assert len(pids) == 2 and all(alive(p) for p in pids.values())

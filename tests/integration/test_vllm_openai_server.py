@@ -77,7 +77,7 @@ def stop_process_group(proc: subprocess.Popen, grace: float = 30.0) -> None:
         except subprocess.TimeoutExpired:
             pass
     try:
-        os.killpg(proc.pid, signal.SIGKILL)   # the group is ours: start_new_session below
+        os.killpg(proc.pid, signal.SIGKILL)   # the group is ours: os.setpgrp below
     except ProcessLookupError:
         pass
     try:
@@ -104,7 +104,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     t0 = time.monotonic()
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, env={**os.environ, **OFFLINE_ENV}, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+                                stdin=subprocess.DEVNULL, preexec_fn=os.setpgrp)
     try:
         base = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + START_TIMEOUT
@@ -282,7 +282,7 @@ def test_an_openai_lm_stage_runs_through_alto_launch(server: str, tmp_path: Path
     ]}
     path = write_topology(tmp_path, topology)
     proc = subprocess.Popen([sys.executable, "-m", "alto_bus", "launch", str(path)], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=os.setpgrp)
     try:
         lines = read_until(proc, "ready", 120)
         gateway = lines[0].split()[1]
