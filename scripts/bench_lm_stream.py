@@ -145,7 +145,7 @@ def main() -> int:
     return 0
 
 
-def vllm_timestamps(n_tokens: int = 96) -> list[tuple[float, float, int]]:
+def vllm_timestamps(n_tokens: int = 96, n_requests: int = 8) -> list[tuple[float, float, int]]:
     """When the first and the last token batch reached the next stage, after submission."""
     import tempfile
 
@@ -163,7 +163,7 @@ def vllm_timestamps(n_tokens: int = 96) -> list[tuple[float, float, int]]:
         rows = []
         with running(topo) as sup, Client(sup.addresses["gateway"]) as client:
             client.submit({"topic": "warm-up"}).result(timeout=300)
-            for i in range(4):
+            for i in range(n_requests):
                 t0 = time.monotonic()
                 res = client.submit({"topic": f"river {i}"}).result(timeout=300)
                 seen = [b["seen"] - t0 for b in res]
