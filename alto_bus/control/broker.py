@@ -31,9 +31,9 @@ from alto_bus.control.broker_publishing import BrokerPublishing
 from alto_bus.control.broker_retries import BrokerRetries
 from alto_bus.control.membership import Membership
 from alto_bus.control.table_reports import TableReports
+from alto_bus.deploy.topology import Topology
 from alto_bus.net.sockets import advertised, bound_address, make_socket
 from alto_bus.routing import subsetting
-from alto_bus.deploy.topology import Topology
 
 log = logging.getLogger("alto.broker")
 

@@ -85,8 +85,10 @@ class LoadReports:
         for iid, key in keys.items():
             frame = delta[key]
             if not whole_tick and (iid not in self._had or self._key.get(iid) != key):
-                frame = whole.get(key) or whole.setdefault(key, self._encoded(
-                    key, {**common, "whole": True}, loads, members[key], placements, member_loads))
+                if key not in whole:
+                    whole[key] = self._encoded(key, {**common, "whole": True}, loads, members[key],
+                                               placements, member_loads)
+                frame = whole[key]
             out.append((iid, frame))
             nbytes += len(frame)
         self._sent = dict(loads)
